@@ -1,0 +1,66 @@
+"""Tokenisation with dynamic padding: a batch is padded to its own longest input, never to a fixed length."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+__all__ = ["Batch", "TextTokenizer", "TokenLimitError"]
+
+
+class TokenLimitError(ValueError):
+    """An input has more tokens than the configured limit and truncation is off."""
+
+    def __init__(self, index: int, n_tokens: int, limit: int):
+        super().__init__(
+            f"input {index} has {n_tokens} tokens, over the limit of {limit}; "
+            "shorten it or split it into several inputs"
+        )
+        self.index, self.n_tokens, self.limit = index, n_tokens, limit
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Token ids and mask, int64, shaped [batch, longest input in the batch]."""
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+
+    @property
+    def n_tokens(self) -> list[int]:
+        return self.attention_mask.sum(axis=1).astype(int).tolist()
+
+
+class TextTokenizer:
+    """Wraps a ``tokenizer.json``; ``max_tokens`` counts the special tokens too."""
+
+    def __init__(self, tokenizer_file: str | Path, max_tokens: int = 256):
+        self._tok = Tokenizer.from_file(str(tokenizer_file))
+        self._tok.no_padding()
+        self._tok.no_truncation()
+        self.max_tokens = max_tokens
+        self.pad_id = self._tok.token_to_id("[PAD]") or 0
+
+    def count(self, texts: list[str]) -> list[int]:
+        return [len(e.ids) for e in self._tok.encode_batch(texts)]
+
+    def __call__(self, texts: list[str], *, truncate: bool = True) -> Batch:
+        encodings = self._tok.encode_batch(texts)
+        ids = [e.ids for e in encodings]
+        if truncate:
+            # Keep the final [SEP]: cut the body, not the closing special token.
+            ids = [x if len(x) <= self.max_tokens else x[: self.max_tokens - 1] + x[-1:] for x in ids]
+        else:
+            for i, x in enumerate(ids):
+                if len(x) > self.max_tokens:
+                    raise TokenLimitError(i, len(x), self.max_tokens)
+        width = max(len(x) for x in ids)
+        input_ids = np.full((len(ids), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(ids), width), dtype=np.int64)
+        for i, x in enumerate(ids):
+            input_ids[i, : len(x)] = x
+            mask[i, : len(x)] = 1
+        return Batch(input_ids, mask)

@@ -1,0 +1,66 @@
+"""The pruning job's configuration: one validated model, three named presets, every knob a flag."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, confloat
+
+__all__ = ["PRESETS", "PruneConfig", "preset"]
+
+Ratio = confloat(ge=0.0, lt=1.0)
+
+
+class PruneConfig(BaseModel):
+    """What to remove, how to score it, and how long to distil."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    criterion: Literal["magnitude", "taylor", "fisher"] = Field(
+        "taylor", description="saliency criterion for heads, FFN neurons and layers")
+    head_sparsity: Ratio = Field(0.5, description="fraction of attention heads removed in all, in [0, 1)")
+    ffn_sparsity: Ratio = Field(0.5, description="fraction of FFN neurons removed in all, in [0, 1)")
+    layer_sparsity: Ratio = Field(0.0, description="fraction of whole layers removed, in [0, 1)")
+    pruning_steps: PositiveInt = Field(4, description="steps of the cubic schedule (Zhu & Gupta 2017)")
+    distill_steps_per_prune: int = Field(200, ge=0, description="optimiser steps of distillation after each pruning step")
+    final_distill_steps: int = Field(600, ge=0, description="optimiser steps of distillation after the last pruning step")
+    score_batches: PositiveInt = Field(8, description="batches used to accumulate data-driven saliency")
+    batch_size: PositiveInt = Field(32, description="texts per distillation batch")
+    max_train_tokens: PositiveInt = Field(64, description="truncate training texts to this many tokens")
+    learning_rate: confloat(gt=0, le=1.0) = Field(1e-4, description="AdamW learning rate (peak)")
+    hidden_loss_weight: confloat(ge=0) = Field(1.0, description="weight of the hidden-state MSE term")
+    contrastive_loss_weight: confloat(ge=0) = Field(0.1, description="weight of the in-batch contrastive term")
+    train_word_embeddings: bool = Field(
+        False, description="also train the vocab x hidden word embeddings (slow on CPU, little gain)")
+    min_heads_per_layer: PositiveInt = Field(1, description="never prune a surviving layer below this many heads")
+    min_ffn_per_layer: PositiveInt = Field(32, description="never prune a surviving layer below this FFN width")
+    int8_budget: confloat(ge=0, le=1) = Field(
+        0.01, description="largest drop in mean cosine that INT8 may cost; above it the pruned variant stays fp32")
+    heldout_texts: PositiveInt = Field(2000, description="held-out texts for fidelity (never trained on)")
+    max_corpus_texts: PositiveInt = Field(200_000, description="cap on training texts read from the corpus")
+    latency_runs: PositiveInt = Field(20, description="timed runs per latency cell in the manifest")
+    threads: PositiveInt | None = Field(None, description="torch/ORT threads; default: all cores")
+    seed: int = 0
+
+
+PRESETS: dict[str, PruneConfig] = {
+    # make run and CI on a fresh 2-core machine: a few minutes, modest pruning.
+    "fast": PruneConfig(
+        criterion="magnitude", head_sparsity=0.25, ffn_sparsity=0.25, pruning_steps=1,
+        distill_steps_per_prune=0, final_distill_steps=60, score_batches=2, batch_size=32,
+        heldout_texts=500, latency_runs=5,
+    ),
+    # the benchmark preset: about 45 minutes on 2 cores.
+    "default": PruneConfig(),
+    # smaller and faster, at a larger fidelity cost.
+    "aggressive": PruneConfig(
+        head_sparsity=0.5, ffn_sparsity=0.7, layer_sparsity=1 / 6, pruning_steps=5,
+        distill_steps_per_prune=250, final_distill_steps=1000,
+    ),
+}
+
+
+def preset(name: str, **overrides) -> PruneConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name].model_copy(update={k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,287 @@
+"""``twinserve prune``: score -> remove -> distil (repeat on a cubic schedule) -> export ->
+quantise -> verify -> publish.
+
+Publishing is atomic: everything is built in a temporary sibling directory; on success it
+is renamed to a versioned sibling and the output path, a symbolic link, is switched to it
+with one ``rename`` (``os.replace``). A crash at any point leaves the last published
+artifacts as they were, and a half-built directory is never at the output path.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from service.bench import hardware_description, interleaved_latency
+from service.model.encoder import Encoder, ModelLoadError, load_encoder, save_encoder
+from service.model.onnx_runtime import make_session, run_session
+from service.model.tokenizer import TextTokenizer
+from service.pruning.config import PruneConfig
+from service.pruning.corpus import Corpus, load_corpus
+from service.pruning.criteria import get_criterion
+from service.pruning.distill import DistillLoss, distill
+from service.pruning.export import export_onnx, quantize_int8
+from service.pruning.fidelity import fidelity
+from service.pruning.manifest import (
+    ArtifactIntegrityError,
+    CorpusInfo,
+    LatencyRow,
+    Manifest,
+    VariantInfo,
+    file_sha256,
+    hash_directory,
+    verify_artifacts,
+    write_manifest,
+)
+from service.pruning.schedule import cubic_sparsity, plan_step
+from service.pruning.surgery import prune_encoder
+
+__all__ = ["PruneError", "PruneResult", "run_prune"]
+
+JOB_VERSION = "1"  # bump when the job's output changes for the same inputs
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+LATENCY_CELLS = ((1, 16), (1, 128), (32, 128))
+MAX_TOKENS = 256
+
+
+class PruneError(RuntimeError):
+    """The job cannot run with these inputs; the message says what to change."""
+
+
+def _say(msg: str) -> None:
+    print(f"[twinserve prune] {msg}", file=sys.stderr, flush=True)
+
+
+def _model_sha256(model_dir: Path) -> str:
+    h = hashlib.sha256()
+    for name in ("config.json", "model.safetensors", "pytorch_model.bin"):
+        if (model_dir / name).is_file():
+            h.update(name.encode() + file_sha256(model_dir / name).encode())
+    return h.hexdigest()
+
+
+def _check_output_writable(out: Path) -> None:
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        probe = parent / f".{out.name}.probe-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise PruneError(f"cannot write the output directory {out}: {e.strerror or e}") from None
+    if out.exists() and not out.is_symlink() and any(out.iterdir()) and not (out / "manifest.json").is_file():
+        raise PruneError(f"{out} exists and is not a twinserve artifact directory; choose another --out")
+
+
+def _batches(texts: list[str], tok: TextTokenizer, batch_size: int, seed: int) -> Iterator[dict]:
+    rng = random.Random(seed)
+    order = list(range(len(texts)))
+    while True:
+        rng.shuffle(order)
+        for i in range(0, len(order) - batch_size + 1, batch_size):
+            b = tok([texts[j] for j in order[i : i + batch_size]], truncate=True)
+            yield {"input_ids": torch.from_numpy(b.input_ids), "attention_mask": torch.from_numpy(b.attention_mask)}
+
+
+def _embed_onnx(path: Path, texts: list[str], tok: TextTokenizer, threads: int) -> np.ndarray:
+    session = make_session(path, threads)
+    out = []
+    for i in range(0, len(texts), 64):
+        b = tok(texts[i : i + 64])
+        out.append(run_session(session, b.input_ids, b.attention_mask))
+    return np.concatenate(out)
+
+
+class PruneResult:
+    def __init__(self, out: Path, manifest: Manifest, reused: bool):
+        self.out, self.manifest, self.reused = out, manifest, reused
+
+
+def _publish(tmp: Path, out: Path, fingerprint: str) -> None:
+    """Rename the finished build next to ``out`` and swing the ``out`` link to it atomically."""
+    final = out.parent / f".{out.name}-{time.strftime('%Y%m%d-%H%M%S')}-{fingerprint[:8]}"
+    os.rename(tmp, final)
+    previous = out.resolve() if out.is_symlink() else None
+    if out.exists() and not out.is_symlink():
+        # A plain directory from an older layout: move it aside first (not atomic, once only).
+        os.rename(out, out.parent / f".{out.name}-legacy-{int(time.time())}")
+    link = out.parent / f".{out.name}.link-{os.getpid()}"
+    link.unlink(missing_ok=True)
+    link.symlink_to(final.name)
+    os.replace(link, out)
+    if previous is not None and previous != final and previous.parent == out.parent:
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+def run_prune(
+    model_dir: Path,
+    out: Path,
+    cfg: PruneConfig,
+    *,
+    corpus_path: Path | None = None,
+    preset_name: str = "custom",
+    force: bool = False,
+    name: str | None = None,
+) -> PruneResult:
+    t_start = time.time()
+    threads = cfg.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    torch.manual_seed(cfg.seed)
+
+    try:
+        teacher = load_encoder(model_dir)
+    except ModelLoadError as e:
+        raise PruneError(str(e)) from None
+    if not (model_dir / "tokenizer.json").is_file():
+        raise PruneError(f"{model_dir} has no tokenizer.json (a fast tokenizer file is required)")
+    _check_output_writable(out)
+    corpus: Corpus = load_corpus(corpus_path, n_heldout=cfg.heldout_texts, max_train=cfg.max_corpus_texts,
+                                 seed=cfg.seed)
+    if corpus.note:
+        _say(f"note: {corpus.note}")
+
+    fingerprint = hashlib.sha256(json.dumps({
+        "job": JOB_VERSION, "model": _model_sha256(model_dir), "corpus": corpus.sha256,
+        "config": cfg.model_dump(mode="json", exclude={"threads", "latency_runs"}),
+    }, sort_keys=True).encode()).hexdigest()
+    if not force and (out / "manifest.json").is_file():
+        try:
+            published = verify_artifacts(out)
+            if published.fingerprint == fingerprint:
+                _say(f"{out} already holds artifacts built from these inputs; reusing them (--force rebuilds)")
+                return PruneResult(out, published, reused=True)
+        except ArtifactIntegrityError as e:
+            _say(f"published artifacts fail verification ({e}); rebuilding")
+
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        manifest = _build(teacher, model_dir, tmp, cfg, corpus, fingerprint, preset_name, threads, t_start,
+                          name or out.name)
+        _publish(tmp, out, fingerprint)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return PruneResult(out, manifest, reused=False)
+
+
+def _prune_and_distill(teacher: Encoder, cfg: PruneConfig, corpus: Corpus, tok: TextTokenizer) -> tuple[Encoder, list]:
+    from tqdm import tqdm
+
+    criterion = get_criterion(cfg.criterion)
+    loss_fn = DistillLoss(teacher, cfg)
+    batches = _batches(corpus.train, tok, cfg.batch_size, cfg.seed)
+    student = copy.deepcopy(teacher)
+    dense = teacher.config
+    n_heads = sum(s.heads for s in dense.layers)
+    n_ffn = sum(s.ffn for s in dense.layers)
+    history = []
+    for step in range(1, cfg.pruning_steps + 1):
+        s_heads = cubic_sparsity(step, cfg.pruning_steps, cfg.head_sparsity)
+        s_ffn = cubic_sparsity(step, cfg.pruning_steps, cfg.ffn_sparsity)
+        s_layers = cubic_sparsity(step, cfg.pruning_steps, cfg.layer_sparsity)
+        score_batches = [next(batches) for _ in range(cfg.score_batches)]
+        saliency = criterion(student, score_batches, loss_fn)
+        keep = plan_step(
+            student, saliency,
+            heads_total=round((1 - s_heads) * n_heads), ffn_total=round((1 - s_ffn) * n_ffn),
+            layers_total=dense.num_layers - int(s_layers * dense.num_layers + 1e-9),
+            min_heads=cfg.min_heads_per_layer, min_ffn=cfg.min_ffn_per_layer,
+        )
+        student = prune_encoder(student, keep)
+        shape = student.config
+        steps = cfg.final_distill_steps if step == cfg.pruning_steps else cfg.distill_steps_per_prune
+        _say(f"step {step}/{cfg.pruning_steps}: {len(shape.layers)} layers, "
+             f"{sum(s.heads for s in shape.layers)}/{n_heads} heads, {sum(s.ffn for s in shape.layers)}/{n_ffn} "
+             f"FFN neurons ({cfg.criterion}); distilling {steps} steps")
+        with tqdm(total=steps, desc=f"distil {step}/{cfg.pruning_steps}", unit="step", file=sys.stderr) as bar:
+            def tick(loss: float) -> None:
+                bar.update()
+                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+            losses = distill(student, loss_fn, batches, steps, cfg, progress=tick)
+        history.append({"step": step, "head_sparsity": s_heads, "ffn_sparsity": s_ffn, "layer_sparsity": s_layers,
+                        "layers": [s.model_dump() for s in shape.layers], "distill_steps": steps,
+                        "final_loss": float(np.mean(losses[-20:])) if losses else None})
+    return student, history
+
+
+def _variant_info(model: Encoder, onnx_file: str, precision: str, fid=None) -> VariantInfo:
+    c = model.config
+    return VariantInfo(
+        onnx_file=onnx_file, precision=precision, layers=list(c.layers),
+        parameters=c.num_parameters(), encoder_parameters=c.num_parameters(include_embeddings=False),
+        flops_per_token={str(n): c.flops_per_token(n) for n in (16, 128)}, fidelity=fid,
+    )
+
+
+def _build(teacher, model_dir, tmp, cfg, corpus, fingerprint, preset_name, threads, t_start, name) -> Manifest:
+    for name in TOKENIZER_FILES:
+        if (model_dir / name).is_file():
+            shutil.copy2(model_dir / name, tmp / name)
+    tok_train = TextTokenizer(tmp / "tokenizer.json", cfg.max_train_tokens)
+    tok = TextTokenizer(tmp / "tokenizer.json", MAX_TOKENS)
+
+    student, history = _prune_and_distill(teacher, cfg, corpus, tok_train)
+    save_encoder(teacher, tmp / "dense")
+    save_encoder(student, tmp / "pruned")
+
+    _say("exporting ONNX and quantising to INT8 (per-channel)")
+    scratch = tmp / ".scratch"
+    scratch.mkdir()
+    onnx = {
+        "dense": export_onnx(teacher, tmp / "dense.onnx"),
+        "pruned-fp32": export_onnx(student, scratch / "pruned-fp32.onnx"),
+    }
+    onnx["dense-int8"] = quantize_int8(onnx["dense"], scratch / "dense-int8.onnx")
+    onnx["pruned-int8"] = quantize_int8(onnx["pruned-fp32"], scratch / "pruned-int8.onnx")
+
+    _say(f"measuring fidelity on {len(corpus.heldout)} held-out texts")
+    reference = _embed_onnx(onnx["dense"], corpus.heldout, tok, threads)
+    candidates = {k: fidelity(reference, _embed_onnx(p, corpus.heldout, tok, threads))
+                  for k, p in onnx.items() if k != "dense"}
+    int8_cost = candidates["pruned-fp32"].mean_cosine - candidates["pruned-int8"].mean_cosine
+    precision = "int8" if int8_cost <= cfg.int8_budget else "fp32"
+    shutil.copy2(onnx[f"pruned-{precision}"], tmp / "pruned.onnx")
+    _say(f"INT8 costs {int8_cost:.4f} mean cosine (budget {cfg.int8_budget}): pruned variant ships {precision}")
+
+    _say("measuring CPU latency, variants interleaved")
+    sessions = {k: make_session(p, threads) for k, p in onnx.items()}
+    rows = interleaved_latency({k: (lambda i, m, s=s: run_session(s, i, m)) for k, s in sessions.items()},
+                               LATENCY_CELLS, cfg.latency_runs)
+    shutil.rmtree(scratch)
+
+    manifest = Manifest(
+        name=name, created_at=datetime.now(timezone.utc), fingerprint=fingerprint,
+        source_model=str(model_dir), source_model_sha256=_model_sha256(model_dir), max_tokens=MAX_TOKENS,
+        criterion=cfg.criterion,
+        schedule={"kind": "cubic (Zhu & Gupta 2017)", "steps": cfg.pruning_steps, "history": history},
+        config={"preset": preset_name, **cfg.model_dump(mode="json")},
+        corpus=CorpusInfo(source=corpus.source, path=corpus.path, sha256=corpus.sha256,
+                          n_train=len(corpus.train), n_heldout=len(corpus.heldout), note=corpus.note),
+        dense=_variant_info(teacher, "dense.onnx", "fp32"),
+        pruned=_variant_info(student, "pruned.onnx", precision, candidates[f"pruned-{precision}"]),
+        candidates=candidates,
+        quantization={"method": "dynamic, MatMul weights, per-channel QInt8", "int8_mean_cosine_cost": int8_cost,
+                      "budget": cfg.int8_budget, "pruned_precision": precision},
+        latency_hardware=f"{hardware_description()}; ONNX Runtime CPU, {threads} intra-op threads",
+        latency=[LatencyRow(variant=r.variant, batch=r.batch, seq_len=r.seq_len, median_ms=r.median_ms,
+                            p90_ms=r.p90_ms, runs=r.runs) for r in rows],
+        build_seconds=time.time() - t_start,
+        files=hash_directory(tmp),
+    )
+    write_manifest(manifest, tmp)
+    return manifest

@@ -1,0 +1,158 @@
+"""``manifest.json``: what a published artifact directory holds, how it was made and how good it is.
+
+The server calls :func:`verify_artifacts` at load and refuses to serve a directory whose
+files do not match the hashes recorded here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.model.encoder import LayerShape
+
+__all__ = [
+    "ArtifactIntegrityError",
+    "CorpusInfo",
+    "Fidelity",
+    "LatencyRow",
+    "Manifest",
+    "VariantInfo",
+    "file_sha256",
+    "load_manifest",
+    "verify_artifacts",
+]
+
+MANIFEST_FILE = "manifest.json"
+SCHEMA_VERSION = 1
+
+
+class ArtifactIntegrityError(RuntimeError):
+    """A published artifact directory is missing, incomplete or altered."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Fidelity(_Strict):
+    """Agreement with the dense model on held-out text the job never trained on."""
+
+    mean_cosine: float = Field(description="mean cosine between this variant's and the dense embeddings")
+    p5_cosine: float = Field(description="5th percentile of those cosines")
+    recall_at_10: float = Field(description="mean overlap of the 10 nearest neighbours (dense vs this variant)")
+    n_texts: int = Field(ge=1)
+
+
+class VariantInfo(_Strict):
+    onnx_file: str
+    precision: Literal["fp32", "int8"]
+    layers: list[LayerShape]
+    parameters: int = Field(description="all parameters, embeddings included")
+    encoder_parameters: int = Field(description="parameters of the transformer layers alone")
+    flops_per_token: dict[str, int] = Field(description="encoder FLOPs per token, keyed by sequence length")
+    fidelity: Fidelity | None = Field(default=None, description="None for the dense reference itself")
+
+
+class CorpusInfo(_Strict):
+    source: str = Field(description="wordnet, file or python-docs")
+    path: str | None
+    sha256: str
+    n_train: int
+    n_heldout: int
+    note: str = ""
+
+
+class LatencyRow(_Strict):
+    variant: str
+    batch: int
+    seq_len: int
+    median_ms: float
+    p90_ms: float
+    runs: int
+
+
+class Manifest(_Strict):
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    created_at: datetime
+    fingerprint: str = Field(description="hash of every input; the same inputs reuse the published directory")
+    source_model: str
+    source_model_sha256: str
+    tokenizer_file: str = "tokenizer.json"
+    max_tokens: int
+    criterion: str
+    schedule: dict
+    config: dict
+    corpus: CorpusInfo
+    dense: VariantInfo
+    pruned: VariantInfo
+    candidates: dict[str, Fidelity] = Field(
+        description="fidelity of every ONNX candidate measured (pruned fp32/int8, dense int8)"
+    )
+    quantization: dict
+    latency_hardware: str
+    latency: list[LatencyRow]
+    build_seconds: float
+    files: dict[str, str] = Field(description="sha256 of every file in the directory but this one")
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def hash_directory(root: Path) -> dict[str, str]:
+    """sha256 of every regular file under ``root`` except the manifest, keyed by relative path."""
+    return {
+        p.relative_to(root).as_posix(): file_sha256(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != MANIFEST_FILE
+    }
+
+
+def load_manifest(artifact_dir: str | Path) -> Manifest:
+    path = Path(artifact_dir) / MANIFEST_FILE
+    try:
+        return Manifest.model_validate_json(path.read_text())
+    except FileNotFoundError:
+        raise ArtifactIntegrityError(
+            f"{path} not found: build the artifacts first with `twinserve prune`"
+        ) from None
+    except ValueError as e:
+        raise ArtifactIntegrityError(f"{path} is not a valid twinserve manifest: {e}") from None
+
+
+def write_manifest(manifest: Manifest, artifact_dir: Path) -> Path:
+    path = artifact_dir / MANIFEST_FILE
+    path.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
+    return path
+
+
+def verify_artifacts(artifact_dir: str | Path, only: list[str] | None = None) -> Manifest:
+    """Check the files named in the manifest (or just ``only``) against their sha256; return the manifest."""
+    root = Path(artifact_dir)
+    manifest = load_manifest(root)
+    names = only if only is not None else list(manifest.files)
+    for name in names:
+        expected = manifest.files.get(name)
+        if expected is None:
+            raise ArtifactIntegrityError(f"{root}: manifest.json lists no hash for {name}")
+        path = root / name
+        if not path.is_file():
+            raise ArtifactIntegrityError(f"{root}: {name} is listed in manifest.json but missing")
+        actual = file_sha256(path)
+        if actual != expected:
+            raise ArtifactIntegrityError(
+                f"{root}: {name} has sha256 {actual[:12]}…, manifest.json says {expected[:12]}…; "
+                "the file was altered or corrupted. Rebuild with `twinserve prune --force`."
+            )
+    return manifest

