@@ -79,6 +79,15 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     print(f"bench results written to {out} ({result.hardware})")
 
 
+def _cmd_frontier(args: argparse.Namespace) -> None:
+    from service.pruning.frontier import frontier_point, render_frontier
+
+    points = [frontier_point(Path(d).expanduser()) for d in args.artifacts]
+    paths = render_frontier(points, args.out)
+    print((args.out / "frontier.md").read_text())
+    print("frontier written to " + ", ".join(str(p) for p in paths))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="twinserve", description="Serve a dense and a pruned INT8 twin of one encoder.")
     sub = p.add_subparsers(dest="verb", required=True)
@@ -117,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--threads", type=int)
     be.add_argument("--torch", action="store_true", help="also time the torch dense backend (CUDA when present)")
     be.set_defaults(func=_cmd_bench)
+
+    fr = sub.add_parser("frontier", help="speed/fidelity table and plot from several artifact directories "
+                                         "(writes results/frontier.{json,md,png})")
+    fr.add_argument("artifacts", nargs="+", help="artifact directories built by `twinserve prune`")
+    fr.add_argument("--out", type=Path, default=Path("results"), help="output directory (default: results)")
+    fr.set_defaults(func=_cmd_frontier)
     return p
 
 

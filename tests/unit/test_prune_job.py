@@ -1,0 +1,186 @@
+"""The pruning job end to end on a tiny random BERT: contract, errors, atomic publish, integrity."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from service.model.encoder import load_encoder
+from service.model.onnx_runtime import make_session, run_session
+from service.model.tokenizer import TextTokenizer
+from service.pruning import job as job_module
+from service.pruning.export import export_onnx
+from service.pruning.manifest import ArtifactIntegrityError, Manifest, load_manifest, verify_artifacts
+from tests.conftest import TINY_PRUNE, make_tiny_model_dir
+
+REQUIRED_FILES = {"manifest.json", "tokenizer.json", "dense.onnx", "pruned.onnx",
+                  "dense/config.json", "dense/model.safetensors", "pruned/config.json", "pruned/model.safetensors"}
+
+
+def check_artifact_contract(out: Path) -> Manifest:
+    """DESIGN.md's artifact contract, shared with the e2e test on the real model."""
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert REQUIRED_FILES <= files
+    m = verify_artifacts(out)
+    assert set(m.files) == files - {"manifest.json"}  # every file hashed
+    for name in ("dense.onnx", "pruned.onnx"):
+        graph = onnx.load(str(out / name)).graph
+        inputs = {i.name: i for i in graph.input}
+        assert {"input_ids", "attention_mask"} <= set(inputs)
+        for i in ("input_ids", "attention_mask"):
+            t = inputs[i].type.tensor_type
+            assert t.elem_type == onnx.TensorProto.INT64
+            assert all(d.dim_param for d in t.shape.dim)  # dynamic batch and sequence
+        assert [o.name for o in graph.output] == ["sentence_embedding"]
+    # a ragged batch through the pruned graph gives unit vectors of the dense dimension
+    tok = TextTokenizer(out / "tokenizer.json", m.max_tokens)
+    b = tok(["a short one", "a rather longer sentence about the weather and the sea"])
+    emb = run_session(make_session(out / "pruned.onnx", 1), b.input_ids, b.attention_mask)
+    assert emb.shape == (2, load_encoder(out / "dense").config.hidden_size)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
+    # the pruned variant is physically smaller and the manifest says so
+    assert m.pruned.parameters < m.dense.parameters
+    assert m.pruned.flops_per_token["128"] < m.dense.flops_per_token["128"]
+    assert load_encoder(out / "pruned").config.layers == tuple(m.pruned.layers)
+    assert m.pruned.fidelity is not None and -1 <= m.pruned.fidelity.mean_cosine <= 1
+    assert {"pruned-fp32", "pruned-int8", "dense-int8"} <= set(m.candidates)
+    variants = {r.variant for r in m.latency}
+    assert variants == {"dense", "dense-int8", "pruned-fp32", "pruned-int8"}
+    assert {(r.batch, r.seq_len) for r in m.latency} == {(1, 16), (1, 128), (32, 128)}
+    assert m.latency_hardware
+    return m
+
+
+def test_tiny_job_meets_the_artifact_contract(tiny_artifacts):
+    m = check_artifact_contract(tiny_artifacts)
+    assert m.criterion == TINY_PRUNE.criterion
+    assert len(m.schedule["history"]) == TINY_PRUNE.pruning_steps
+    assert len(m.pruned.layers) == 2  # layer_sparsity 0.34 of 3 layers
+
+
+def test_manifest_schema_roundtrip(tiny_artifacts):
+    m = load_manifest(tiny_artifacts)
+    again = Manifest.model_validate_json(m.model_dump_json())
+    assert again == m
+    raw = json.loads((tiny_artifacts / "manifest.json").read_text())
+    raw["surprise"] = 1
+    with pytest.raises(ValueError):
+        Manifest.model_validate(raw)
+
+
+def test_onnx_parity_pruned_torch_vs_onnx_fp32(tiny_artifacts, tmp_path):
+    model = load_encoder(tiny_artifacts / "pruned")
+    path = export_onnx(model, tmp_path / "p.onnx")
+    tok = TextTokenizer(tiny_artifacts / "tokenizer.json", 64)
+    b = tok(["hello there", "the cat sat on the mat while it rained", "x"])
+    onnx_out = run_session(make_session(path, 1), b.input_ids, b.attention_mask)
+    with torch.no_grad():
+        torch_out, _ = model(torch.from_numpy(b.input_ids), torch.from_numpy(b.attention_mask))
+    cos = (onnx_out * torch_out.numpy()).sum(1)
+    assert cos.min() > 0.9999
+
+
+def test_tampered_onnx_is_refused(tiny_artifacts, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_artifacts, copy)
+    data = bytearray((copy / "pruned.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / "pruned.onnx").write_bytes(bytes(data))
+    with pytest.raises(ArtifactIntegrityError, match="pruned.onnx has sha256"):
+        verify_artifacts(copy)
+    (copy / "dense.onnx").unlink()
+    with pytest.raises(ArtifactIntegrityError, match="missing"):
+        verify_artifacts(copy, only=["dense.onnx"])
+
+
+def test_rerun_reuses_and_crash_leaves_last_good_artifacts(tmp_path, tiny_model_dir, monkeypatch):
+    out = tmp_path / "arts" / "tiny"
+    first = job_module.run_prune(tiny_model_dir, out, TINY_PRUNE)
+    assert not first.reused and out.is_symlink()
+    again = job_module.run_prune(tiny_model_dir, out, TINY_PRUNE)
+    assert again.reused and again.manifest.fingerprint == first.manifest.fingerprint
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def crash(*args, **kwargs):
+        tmp = args[2]
+        (tmp / "half-written.onnx").write_bytes(b"\0" * 100)
+        raise RuntimeError("simulated crash in the middle of the build")
+
+    monkeypatch.setattr(job_module, "_build", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        job_module.run_prune(tiny_model_dir, out, TINY_PRUNE.model_copy(update={"seed": 7}))
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    verify_artifacts(out)
+    assert not [p for p in out.parent.iterdir() if ".tmp-" in p.name]  # no half-built sibling left
+
+
+def test_rebuild_replaces_previous_version(tmp_path, tiny_model_dir):
+    out = tmp_path / "tiny"
+    job_module.run_prune(tiny_model_dir, out, TINY_PRUNE)
+    first_target = out.resolve()
+    job_module.run_prune(tiny_model_dir, out, TINY_PRUNE, force=True)
+    assert out.resolve() != first_target and not first_target.exists()
+    verify_artifacts(out)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "service.cli", *args], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[2], timeout=300)
+
+
+@pytest.mark.parametrize("case", ["missing", "not-bert", "no-weights"])
+def test_cli_bad_model_dir_is_a_clear_error(case, tmp_path):
+    model = tmp_path / "model"
+    if case != "missing":
+        model.mkdir()
+        cfg = {"model_type": "gpt2" if case == "not-bert" else "bert", "hidden_size": 32,
+               "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 8,
+               "vocab_size": 10, "max_position_embeddings": 8}
+        (model / "config.json").write_text(json.dumps(cfg))
+    r = run_cli("prune", "--model", str(model), "--out", str(tmp_path / "out"), "--preset", "fast")
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    expected = {"missing": "does not exist", "not-bert": "BERT-family", "no-weights": "model.safetensors"}[case]
+    assert expected in r.stderr
+
+
+@pytest.mark.parametrize("content, message", [("", "distinct texts"), ("only one line\n" * 50, "distinct texts")])
+def test_cli_small_corpus_is_a_clear_error(content, message, tmp_path, tiny_model_dir):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(content)
+    r = run_cli("prune", "--model", str(tiny_model_dir), "--corpus", str(corpus), "--out", str(tmp_path / "o"),
+                "--preset", "fast")
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_missing_corpus_ratio_and_output_errors(tmp_path, tiny_model_dir):
+    r = run_cli("prune", "--model", str(tiny_model_dir), "--corpus", str(tmp_path / "nope.txt"), "--preset", "fast",
+                "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    r = run_cli("prune", "--head-sparsity", "1.0")
+    assert r.returncode == 2 and "[0, 1)" in r.stderr and "Traceback" not in r.stderr
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    r = run_cli("prune", "--model", str(tiny_model_dir), "--out", str(blocker / "sub" / "out"), "--preset", "fast")
+    assert r.returncode == 2 and "cannot write the output directory" in r.stderr
+
+
+def test_bench_writes_interleaved_json(tiny_artifacts, tmp_path):
+    from service.bench import BenchResult, run_bench
+
+    out = tmp_path / "bench.json"
+    run_bench(tiny_artifacts, batches=(1, 8), lengths=(16, 32), runs=2, threads=1, with_torch=True, out=out)
+    result = BenchResult.model_validate_json(out.read_text())
+    assert {(c.variant, c.batch, c.seq_len) for c in result.cells} == {
+        (v, b, s) for v in ("dense", "pruned", "dense-torch-cpu") for b in (1, 8) for s in (16, 32)}
+    assert all(c.median_ms > 0 and c.runs == 2 for c in result.cells)
+    assert all(c.speedup_vs_dense == pytest.approx(1.0) for c in result.cells if c.variant == "dense")
