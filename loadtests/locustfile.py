@@ -105,7 +105,11 @@ class EmbeddingsUser(FastHttpUser):
         )
         self.poisson = _opt(env, "twinserve_arrival", "poisson") == "poisson"
         self.started = time.perf_counter()
-        gevent.sleep(random.random() * self._interval_s())  # desynchronise users spawned together
+        # Desynchronise users spawned together. For Poisson arrivals the first gap is exponential too (memoryless),
+        # so the step's rate is stationary from its start; a uniform first gap would front-load requests.
+        interval = self._interval_s()
+        gevent.sleep(self.traffic.rng.expovariate(1.0 / interval) if self.poisson and interval > 0
+                     else random.random() * interval)
 
     def _interval_s(self) -> float:
         shape = self.environment.shape_class

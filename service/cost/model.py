@@ -19,6 +19,7 @@ __all__ = [
     "Offer",
     "blended_usd_per_million",
     "crossover",
+    "fleet_curve",
     "fleet_cost_usd_per_hour",
     "instances_needed",
     "split_fleet",
