@@ -208,7 +208,8 @@ class _Recorder:
             self._sleep_until(step.end_s)
             row = self.close()
             achieved = len(row["latencies_ms"]) / row["window_s"] if row["window_s"] > 0 else 0.0
-            self.saturated_streak = self.saturated_streak + 1 if achieved < cfg.min_achieved_ratio * step.offered_rps else 0
+            saturated = achieved < cfg.min_achieved_ratio * step.offered_rps
+            self.saturated_streak = self.saturated_streak + 1 if saturated else 0
             if cfg.stop_after_saturated_steps and self.saturated_streak >= cfg.stop_after_saturated_steps:
                 if i + 1 < len(cfg.rates_rps):
                     self.stopped_early = True

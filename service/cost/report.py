@@ -474,7 +474,8 @@ def _plots_for(report: Report, data: dict, out_dir: Path) -> dict[str, Path]:
             fid = report.variants[v].fidelity
             if fid is not None:
                 points.append((v, ch[v].usd_per_million_at_u, fid.mean_cosine,
-                               f"{v} on {ch[v].instance}: {_usd(ch[v].usd_per_million_at_u)}, cos {fid.mean_cosine:.3f}"))
+                               f"{v} on {ch[v].instance}: {_usd(ch[v].usd_per_million_at_u)}, "
+                               f"cos {fid.mean_cosine:.3f}"))
         if points:
             files["fidelity"] = _plots.fidelity_vs_cost(points, out_dir / "fidelity_vs_cost.png")
     return files
@@ -510,7 +511,8 @@ def _document(report: Report, files: dict[str, Path]) -> Doc:
     doc.h("Cost per million requests, variant x instance")
     doc.p(f"At u = {u:g} and at u = 1. **projected** figures were measured on other hardware and carried over by "
           "the rule shown; **not measured** means no load test covers that hardware, so there is no figure.")
-    doc.table(["variant", "instance", "$/h", f"X_slo req/s", f"$/1M at u={u:g}", "$/1M at u=1", "status", "measured on"],
+    doc.table(["variant", "instance", "$/h", "X_slo req/s", f"$/1M at u={u:g}", "$/1M at u=1", "status",
+               "measured on"],
               [[c.variant, c.instance, f"{c.price_usd_per_hour:g}", _f(c.capacity_rps, ".4g", "-"),
                 _usd(c.usd_per_million_at_u, c.status), _usd(c.usd_per_million_at_u1, c.status),
                 c.status.replace("_", " ") + (f": {c.projection_rule}" if c.projection_rule else "")
