@@ -82,6 +82,13 @@ def _cmd_bench(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------- cost: loadtest, report
 
 
+def _one_line(e: Exception) -> str:
+    errors = getattr(e, "errors", None)
+    if callable(errors):  # pydantic ValidationError: "field: message; ..." without the URL and input echo
+        return "; ".join(f"{'.'.join(map(str, x['loc'])) or 'value'}: {x['msg']}" for x in errors())
+    return " ".join(str(e).split())
+
+
 def _cmd_loadtest(args: argparse.Namespace) -> None:
     from pydantic import ValidationError
 
@@ -107,7 +114,7 @@ def _cmd_loadtest(args: argparse.Namespace) -> None:
         result = run_sweep(args.url, variants=args.variants, plan=plan, slo=slo, server=server, out=args.out,
                            locustfile=args.locustfile, on_step=on_step)
     except (ValidationError, LoadTestError) as e:
-        raise CliError(str(e).replace("\n", " ")) from None
+        raise CliError(_one_line(e)) from None
     for v in result.variants:
         x = f"{v.x_slo_rps:.1f} req/s" if v.x_slo_rps is not None else "none (no step met the SLO)"
         print(f"{v.variant}: X_slo {x} on {result.server.description}" + "".join(f"\n  note: {n}" for n in v.notes))
@@ -128,7 +135,7 @@ def _cmd_report(args: argparse.Namespace) -> None:
                                     manifest=args.manifest, prometheus_url=args.prometheus_url, config=config)
         files = write_report(report, data, args.out_dir)
     except (ValidationError, ReportError, PriceError) as e:
-        raise CliError(str(e).replace("\n", " ")) from None
+        raise CliError(_one_line(e)) from None
     for v in report.variants.values():
         x = f"{v.x_slo_rps:.1f} req/s" if v.x_slo_rps is not None else "none"
         print(f"{v.variant}: X_slo {x} ({v.hardware})")

@@ -33,7 +33,16 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
 
 __all__ = [
     "GENERATOR_CPU_BOUND_CORES",
@@ -87,6 +96,13 @@ class SweepPlan(_Strict):
     stop_after_saturated_steps: int = Field(
         2, ge=0, description="end a variant's run after this many consecutive saturated steps (0: never)")
     seed: int | None = Field(0, description="seed for texts and users; None: random")
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> SweepPlan:
+        if self.warmup_s >= self.step_duration_s:
+            raise ValueError(f"warmup_s ({self.warmup_s}) must be shorter than step_duration_s "
+                             f"({self.step_duration_s}), or nothing is measured")
+        return self
 
     def shape_config(self, slo: SloCriteria) -> dict:
         """The step plan in the form ``loadtests/_steps.py:StepShapeConfig`` validates."""
@@ -437,8 +453,6 @@ def run_sweep(
     from service.bench import hardware_description
 
     slo = slo or SloCriteria()
-    if plan.warmup_s >= plan.step_duration_s:
-        raise LoadTestError(f"warmup_s ({plan.warmup_s}) must be shorter than step_duration_s ({plan.step_duration_s})")
     if len(set(variants)) != len(variants) or not variants:
         raise LoadTestError(f"variants must be distinct and at least one, got {list(variants)}")
     locustfile = (locustfile or default_locustfile()).resolve()

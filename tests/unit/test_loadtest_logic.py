@@ -143,3 +143,14 @@ def test_traffic_is_varied_sticky_and_forced():
         Traffic(variant="gpu")
     with pytest.raises(ValueError, match="multi_share"):
         Traffic(multi_share=1.5)
+
+
+def test_cli_loadtest_refuses_a_remote_server_without_its_hardware(tmp_path, capsys):
+    from service.cli import main
+
+    code = main(["loadtest", "--url", "http://10.255.0.1:8000", "--out", str(tmp_path / "lt.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("twinserve loadtest: error:") and "--server-hardware" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "lt.json").exists()
+    code = main(["loadtest", "--sweep", "--rates", "5", "--step-s", "2", "--warmup-s", "3"])
+    assert code == 2 and "warmup_s" in capsys.readouterr().err
