@@ -281,7 +281,7 @@ def _choose(cells: Sequence[CapacityCell], variant: str, wanted: str | None) -> 
 
 def _nice_rates(top: float, extra: Sequence[float]) -> list[float]:
     rates = {0.0}
-    k = 0.1
+    k = 1.0
     while k <= top * 1.0001:
         rates.update(x for x in (k, 2 * k, 5 * k) if x <= top * 1.0001)
         k *= 10
