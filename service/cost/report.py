@@ -1,0 +1,593 @@
+"""``twinserve report``: load tests + bench + manifest + prices (+ Prometheus) → report.md/.html/.json + PNGs.
+
+``report.json`` is the machine-readable truth (:class:`Report`); the Markdown and the
+self-contained HTML (plots inline as base64) are rendered from the same numbers. Every
+capacity names the hardware it was measured on; projected figures say so and give their
+rule; cells that no measurement covers say "not measured" and carry no number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from service.cost import _plots
+from service.cost._doc import Doc
+from service.cost.capacity import CapacityCell, Measurement, capacity_cells, measurements
+from service.cost.loadtest import LoadTestError, LoadTestResult, load_loadtest
+from service.cost.model import Crossover, Offer, blended_usd_per_million, crossover, split_fleet
+from service.cost.prices import InstancePrice, PriceCatalog, load_prices
+
+__all__ = [
+    "DEFAULT_SHADOW_METRIC",
+    "Report",
+    "ReportConfig",
+    "ReportError",
+    "build_report",
+    "query_shadow_agreement",
+    "write_report",
+]
+
+DEFAULT_SHADOW_METRIC = "ray_twinserve_shadow_cosine"  # Ray prefixes custom metrics with ray_
+VARIANTS = ("dense", "pruned")
+
+
+class ReportError(ValueError):
+    """An input of the report is missing or inconsistent."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ReportConfig(_Strict):
+    utilisation: float = Field(0.7, gt=0, le=1, description="target utilisation u of each instance")
+    dense_share: float = Field(0.5, ge=0, le=1, description="share of routed traffic sent to dense in the A/B split")
+    dense_instance: str | None = Field(None, description="instance for the dense fleet (default: cheapest $/1M)")
+    pruned_instance: str | None = Field(None, description="instance for the pruned fleet (default: cheapest $/1M)")
+    traffic_max_rps: float | None = Field(None, gt=0, description="right end of the fleet-cost plot, req/s")
+    shadow_window: str = Field("1h", pattern=r"^\d+[smhdw]$", description="PromQL range for live shadow agreement")
+    shadow_metric: str = Field(DEFAULT_SHADOW_METRIC, description="histogram of shadow cosines, label `variant`")
+
+
+class InputFile(_Strict):
+    kind: str
+    path: str
+    sha256: str
+
+
+class StepSummary(_Strict):
+    offered_rps: float
+    achieved_rps: float
+    p50_ms: float | None
+    p99_ms: float | None
+    error_ratio: float
+    generator_cpu_cores: float
+    passed: bool
+    reasons: list[str]
+
+
+class Fidelity(_Strict):
+    mean_cosine: float
+    p5_cosine: float
+    recall_at_10: float
+    n_texts: int
+    source: str
+
+
+class LiveShadow(_Strict):
+    mean_cosine: float | None
+    samples: float | None
+    query: str
+    note: str = ""
+
+
+class VariantSummary(_Strict):
+    variant: str
+    x_slo_rps: float | None = Field(description="measured X_slo on `hardware`, req/s; None: no step met the SLO")
+    slo_p99_ms: float
+    hardware: str
+    cpu_count: int
+    gpu_model: str | None
+    instance_type: str | None
+    source: str
+    generator_cpu_cores_at_x_slo: float | None
+    generator_cpu_bound_at_x_slo: bool | None
+    steps: list[StepSummary]
+    notes: list[str]
+    fidelity: Fidelity | None = Field(description="from the manifest: agreement with dense on held-out text")
+    live_shadow: LiveShadow | None = Field(description="from Prometheus: live shadow agreement")
+    other_measurements: list[Measurement] = Field(default_factory=list)
+
+
+class FleetChoice(_Strict):
+    variant: str
+    instance: str
+    price_usd_per_hour: float
+    capacity_rps: float
+    projected: bool
+    usd_per_million_at_u: float
+    usd_per_million_at_u1: float
+
+
+class FleetRow(_Strict):
+    rate_rps: float
+    instances: dict[str, int] = Field(description="single-variant fleets serving all of R, and the split fleet")
+    usd_per_hour: dict[str, float] = Field(description="keys: dense, pruned (all traffic on it), split")
+
+
+class CrossoverInfo(_Strict):
+    cheaper_at_scale: str | None
+    other: str | None
+    rate_rps: float | None
+    first_cheaper_rps: float | None
+    note: str
+
+
+class Fleet(_Strict):
+    utilisation: float
+    choices: dict[str, FleetChoice]
+    crossover: CrossoverInfo | None
+    dense_share: float
+    blended_usd_per_million_at_u: float | None = Field(description="A/B split at steady state (floors amortised)")
+    blended_usd_per_million_at_u1: float | None
+    table: list[FleetRow]
+    note: str = ""
+
+
+class BenchRow(_Strict):
+    variant: str
+    batch: int
+    seq_len: int
+    median_ms: float
+    texts_per_s: float
+    speedup_vs_dense: float | None
+
+
+class BenchSummary(_Strict):
+    hardware: str
+    device: str
+    threads: int
+    source: str
+    rows: list[BenchRow]
+
+
+class Report(_Strict):
+    schema_version: int = 1
+    created_at: datetime
+    inputs: list[InputFile]
+    utilisation: float
+    slo_p99_ms: float
+    variants: dict[str, VariantSummary]
+    prices: list[InstancePrice]
+    cells: list[CapacityCell] = Field(description="per variant x instance: $/1M at u and at u = 1, projected or not")
+    fleet: Fleet | None
+    bench: BenchSummary | None
+    notes: list[str]
+    files: dict[str, str] = Field(default_factory=dict, description="what was written, by role")
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _manifest(path: Path):
+    from service.pruning.manifest import ArtifactIntegrityError, load_manifest
+
+    try:
+        return load_manifest(path if path.is_dir() else path.parent)
+    except ArtifactIntegrityError as e:
+        raise ReportError(str(e)) from None
+
+
+def _bench(path: Path):
+    from service.bench import BenchResult
+
+    try:
+        return BenchResult.model_validate_json(path.read_text())
+    except FileNotFoundError:
+        raise ReportError(f"bench results {path} not found: run `twinserve bench` first") from None
+    except (ValidationError, ValueError) as e:
+        raise ReportError(f"{path} is not a twinserve bench result: {e}") from None
+
+
+Fetch = Callable[[str], bytes]
+
+
+def _http_get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 (user-supplied Prometheus URL)
+        return r.read()
+
+
+def query_shadow_agreement(prometheus_url: str, *, metric: str = DEFAULT_SHADOW_METRIC, window: str = "1h",
+                           fetch: Fetch = _http_get) -> dict[str, LiveShadow]:
+    """Mean live shadow cosine and sample count per shadow variant over ``window`` (Prometheus HTTP API)."""
+    base = prometheus_url.rstrip("/")
+    queries = {
+        "mean": f"sum by (variant) (increase({metric}_sum[{window}])) / "
+                f"sum by (variant) (increase({metric}_count[{window}]))",
+        "count": f"sum by (variant) (increase({metric}_count[{window}]))",
+    }
+    got: dict[str, dict[str, float]] = {}
+    for key, q in queries.items():
+        url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": q})
+        try:
+            doc = json.loads(fetch(url))
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            raise ReportError(f"Prometheus at {prometheus_url} did not answer `{q}`: {e}") from None
+        if doc.get("status") != "success":
+            raise ReportError(f"Prometheus rejected `{q}`: {doc.get('error', doc)}")
+        got[key] = {}
+        for item in doc.get("data", {}).get("result", []):
+            v = float(item["value"][1])
+            if math.isfinite(v):
+                got[key][item.get("metric", {}).get("variant", "unknown")] = v
+    out = {}
+    for variant in sorted(set(got["mean"]) | set(got["count"])):
+        out[variant] = LiveShadow(mean_cosine=got["mean"].get(variant), samples=got["count"].get(variant),
+                                  query=queries["mean"])
+    return out
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _variant_summary(result: LoadTestResult, name: str, source: str) -> VariantSummary | None:
+    sweep = result.variant(name)
+    if sweep is None:
+        return None
+    best = next((s for s in sweep.steps if s.index == sweep.x_slo_step), None)
+    return VariantSummary(
+        variant=name, x_slo_rps=sweep.x_slo_rps, slo_p99_ms=result.slo.slo_p99_ms,
+        hardware=result.server.description, cpu_count=result.server.cpu_count, gpu_model=result.server.gpu_model,
+        instance_type=result.server.instance_type, source=source,
+        generator_cpu_cores_at_x_slo=best.generator_cpu_cores if best else None,
+        generator_cpu_bound_at_x_slo=best.generator_cpu_bound if best else None,
+        steps=[StepSummary(offered_rps=s.offered_rps, achieved_rps=s.achieved_rps,
+                           p50_ms=s.latency.p50_ms if s.latency else None,
+                           p99_ms=s.latency.p99_ms if s.latency else None, error_ratio=s.error_ratio,
+                           generator_cpu_cores=s.generator_cpu_cores, passed=s.passed, reasons=s.reasons)
+               for s in sweep.steps],
+        notes=sweep.notes, fidelity=None, live_shadow=None)
+
+
+def _choose(cells: Sequence[CapacityCell], variant: str, wanted: str | None) -> CapacityCell | None:
+    mine = [c for c in cells if c.variant == variant]
+    if wanted is not None:
+        cell = next((c for c in mine if c.instance == wanted or c.instance.split(" ")[0] == wanted), None)
+        if cell is None:
+            raise ReportError(f"no price row {wanted!r} for the {variant} fleet; known: "
+                              f"{', '.join(c.instance for c in mine)}")
+        if cell.usd_per_million_at_u is None:
+            raise ReportError(f"{variant} on {wanted} has no capacity figure ({cell.status}): {cell.note}")
+        return cell
+    # Automatic choice: a like-for-like figure first (not burstable, not carried across CPU architectures).
+    priced = [c for c in mine if c.usd_per_million_at_u is not None]
+    return min(priced, key=lambda c: (c.burstable, c.cross_arch, c.usd_per_million_at_u, c.projected)) \
+        if priced else None
+
+
+def _nice_rates(top: float, extra: Sequence[float]) -> list[float]:
+    rates = {0.0}
+    k = 1.0
+    while k <= top * 1.0001:
+        rates.update(x for x in (k, 2 * k, 5 * k) if x <= top * 1.0001)
+        k *= 10
+    rates.update(x for x in extra if x is not None and 0 <= x <= top)
+    return sorted(rates)
+
+
+def _fleet(cells: Sequence[CapacityCell], config: ReportConfig) -> tuple[Fleet | None, dict]:
+    u = config.utilisation
+    chosen = {v: _choose(cells, v, getattr(config, f"{v}_instance")) for v in VARIANTS}
+    missing = [v for v, c in chosen.items() if c is None]
+    if missing:
+        return None, {"missing": missing}
+    offers = {v: Offer(v, c.instance, c.price_usd_per_hour, c.capacity_rps) for v, c in chosen.items()}
+    cross: Crossover = crossover(offers["dense"], offers["pruned"], u)
+    shares = {"dense": config.dense_share, "pruned": 1.0 - config.dense_share}
+    per_m = {v: offers[v].usd_per_million(u) for v in VARIANTS}
+    per_m1 = {v: offers[v].usd_per_million(1.0) for v in VARIANTS}
+    top = config.traffic_max_rps or max(
+        2.5 * (cross.rate_rps or 0.0), 20 * u * max(o.x_slo_rps for o in offers.values()))
+
+    def row(r: float) -> FleetRow:
+        counts, split_cost = split_fleet(r, offers, shares, u)
+        inst = {v: offers[v].instances(r, u) for v in VARIANTS}
+        inst.update({f"split_{v}": counts[v] for v in VARIANTS})
+        cost = {v: offers[v].fleet_usd_per_hour(r, u) for v in VARIANTS}
+        cost["split"] = split_cost
+        return FleetRow(rate_rps=r, instances=inst, usd_per_hour=cost)
+
+    table = [row(r) for r in _nice_rates(top, [cross.rate_rps, cross.first_cheaper_rps])]
+    fleet = Fleet(
+        utilisation=u,
+        choices={v: FleetChoice(variant=v, instance=c.instance, price_usd_per_hour=c.price_usd_per_hour,
+                                capacity_rps=c.capacity_rps, projected=c.projected,
+                                usd_per_million_at_u=c.usd_per_million_at_u,
+                                usd_per_million_at_u1=c.usd_per_million_at_u1) for v, c in chosen.items()},
+        crossover=CrossoverInfo(cheaper_at_scale=cross.cheaper_at_scale, other=cross.other, rate_rps=cross.rate_rps,
+                                first_cheaper_rps=cross.first_cheaper_rps, note=cross.note),
+        dense_share=config.dense_share,
+        blended_usd_per_million_at_u=blended_usd_per_million(per_m, shares),
+        blended_usd_per_million_at_u1=blended_usd_per_million(per_m1, shares),
+        table=table,
+        note="each single-variant fleet serves all of R on its own; the split fleet sends dense_share of R to dense "
+             "and the rest to pruned; every fleet keeps at least one instance per variant it runs")
+    lo = min(1.0, top / 1000, *(x / 10 for x in (cross.rate_rps, cross.first_cheaper_rps) if x))
+    steps = 800
+    grid = sorted({lo * (top / lo) ** (i / steps) for i in range(steps + 1)}
+                  | {r.rate_rps for r in table if r.rate_rps >= lo})
+    curves = {"dense": [offers["dense"].fleet_usd_per_hour(r, u) for r in grid],
+              "pruned": [offers["pruned"].fleet_usd_per_hour(r, u) for r in grid],
+              "split": [split_fleet(r, offers, shares, u)[1] for r in grid]}
+    return fleet, {"grid": grid, "curves": curves, "offers": offers}
+
+
+def build_report(
+    *,
+    loadtests: Sequence[Path],
+    prices: Path,
+    bench: Path | None = None,
+    manifest: Path | None = None,
+    prometheus_url: str | None = None,
+    config: ReportConfig | None = None,
+    fetch: Fetch = _http_get,
+) -> tuple[Report, dict]:
+    """Assemble the report's numbers (no files written). Returns the report and what the plots need."""
+    config = config or ReportConfig()
+    if not loadtests:
+        raise ReportError("give at least one load-test result (twinserve loadtest --sweep writes one)")
+    catalog: PriceCatalog = load_prices(prices)
+    inputs = [InputFile(kind="prices", path=str(prices), sha256=_sha256(Path(prices)))]
+    results: list[tuple[Path, LoadTestResult]] = []
+    for p in loadtests:
+        try:
+            results.append((Path(p), load_loadtest(p)))
+        except LoadTestError as e:
+            raise ReportError(str(e)) from None
+        inputs.append(InputFile(kind="loadtest", path=str(p), sha256=_sha256(Path(p))))
+    slos = {r.slo.slo_p99_ms for _, r in results}
+    if len(slos) > 1:
+        raise ReportError(f"the load tests used different SLOs ({sorted(slos)} ms); compare runs with one SLO")
+    slo_p99_ms = slos.pop()
+
+    found: list[Measurement] = []
+    variants: dict[str, VariantSummary] = {}
+    for path, r in results:
+        found += measurements(r, str(path))
+        for name in [v.variant for v in r.variants]:
+            summary = _variant_summary(r, name, str(path))
+            if name not in variants:
+                variants[name] = summary
+    for name, summary in variants.items():
+        summary.other_measurements = [m for m in found if m.variant == name and
+                                      (m.source, m.hardware) != (summary.source, summary.hardware)]
+    notes: list[str] = []
+    for _, r in results:
+        notes += r.notes
+    if any(p.burstable for p in catalog.instances):
+        notes.append("burstable instances (" + ", ".join(p.instance_type for p in catalog.instances if p.burstable)
+                     + "): sustained load adds CPU-credit charges that their hourly price excludes")
+
+    if manifest is not None:
+        m = _manifest(Path(manifest))
+        mpath = Path(manifest) if Path(manifest).is_file() else Path(manifest) / "manifest.json"
+        inputs.append(InputFile(kind="manifest", path=str(mpath), sha256=_sha256(mpath)))
+        for name, info in (("dense", m.dense), ("pruned", m.pruned)):
+            if name in variants:
+                f = info.fidelity
+                variants[name].fidelity = (
+                    Fidelity(mean_cosine=1.0, p5_cosine=1.0, recall_at_10=1.0, n_texts=m.corpus.n_heldout,
+                             source=f"{mpath}: the dense model is the reference") if f is None else
+                    Fidelity(mean_cosine=f.mean_cosine, p5_cosine=f.p5_cosine, recall_at_10=f.recall_at_10,
+                             n_texts=f.n_texts, source=f"{mpath}: held-out {m.corpus.source} text"))
+    else:
+        notes.append("no artifact manifest given (--manifest): offline fidelity is not shown")
+
+    if prometheus_url:
+        live = query_shadow_agreement(prometheus_url, metric=config.shadow_metric, window=config.shadow_window,
+                                      fetch=fetch)
+        for name, summary in variants.items():
+            summary.live_shadow = live.get(name) or LiveShadow(
+                mean_cosine=None, samples=None, query=f"{config.shadow_metric} (variant={name})",
+                note=f"no shadow samples for {name} in the last {config.shadow_window}")
+    else:
+        notes.append("no Prometheus URL given (--prometheus-url): live shadow agreement is not shown")
+
+    bench_summary = None
+    if bench is not None:
+        b = _bench(Path(bench))
+        inputs.append(InputFile(kind="bench", path=str(bench), sha256=_sha256(Path(bench))))
+        bench_summary = BenchSummary(
+            hardware=b.hardware, device=b.device, threads=b.threads, source=str(bench),
+            rows=[BenchRow(variant=c.variant, batch=c.batch, seq_len=c.seq_len, median_ms=c.median_ms,
+                           texts_per_s=c.texts_per_s, speedup_vs_dense=c.speedup_vs_dense)
+                  for c in sorted(b.cells, key=lambda c: (c.batch, c.seq_len, c.variant))])
+
+    cells = capacity_cells(found, catalog.instances, [v for v in VARIANTS if v in variants], config.utilisation)
+    fleet, plot_data = _fleet(cells, config)
+    if fleet is None:
+        notes.append("fleet cost and crossover need a capacity figure for both variants; missing: "
+                     + ", ".join(plot_data["missing"]))
+    report = Report(created_at=datetime.now(timezone.utc), inputs=inputs, utilisation=config.utilisation,
+                    slo_p99_ms=slo_p99_ms, variants=variants, prices=catalog.instances, cells=cells, fleet=fleet,
+                    bench=bench_summary, notes=notes)
+    plot_data["results"] = results
+    return report, plot_data
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _f(x: float | None, fmt: str = ".3g", none: str = "n/a") -> str:
+    return none if x is None else format(x, fmt)
+
+
+def _usd(x: float | None, status: str = "not_measured") -> str:
+    if x is None:
+        return {"not_applicable": "n/a", "no_capacity": "no capacity within SLO"}.get(status, "not measured")
+    return f"${x:.4g}" if x < 1 else f"${x:,.2f}"
+
+
+def _plots_for(report: Report, data: dict, out_dir: Path) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    sweeps = []
+    for path, r in data["results"]:
+        for v in r.variants:
+            best = next((s for s in v.steps if s.index == v.x_slo_step), None)
+            sweeps.append({
+                "label": f"{v.variant} @ {r.server.instance_type or r.server.description[:40]}", "variant": v.variant,
+                "offered": [s.offered_rps for s in v.steps], "achieved": [s.achieved_rps for s in v.steps],
+                "p50": [s.latency.p50_ms if s.latency else None for s in v.steps],
+                "p99": [s.latency.p99_ms if s.latency else None for s in v.steps],
+                "x_slo": v.x_slo_rps, "x_slo_offered": best.offered_rps if best else None})
+    files["latency"] = _plots.latency_vs_load(sweeps, report.slo_p99_ms, out_dir / "latency_vs_load.png")
+    rows = [(s["variant"], s["label"], s["x_slo"]) for s in sweeps]
+    files["x_slo"] = _plots.x_slo_bars(rows, report.slo_p99_ms, out_dir / "x_slo.png")
+    instances = [p.key for p in report.prices]
+    vs = sorted({c.variant for c in report.cells})
+    cells = {(c.variant, c.instance): (c.usd_per_million_at_u, c.projected, c.status) for c in report.cells}
+    files["usd_per_million"] = _plots.usd_per_million_bars(instances, vs, cells, report.utilisation,
+                                                           out_dir / "usd_per_million.png")
+    if report.fleet is not None:
+        ch = report.fleet.choices
+        labels = {v: f"{v} only on {ch[v].instance}" + (" (projected)" if ch[v].projected else "") for v in VARIANTS}
+        labels["split"] = f"A/B split, {report.fleet.dense_share:.0%} dense"
+        files["fleet"] = _plots.fleet_cost(data["grid"], data["curves"], labels,
+                                           report.fleet.crossover.rate_rps if report.fleet.crossover else None,
+                                           out_dir / "fleet_cost.png")
+        points = []
+        for v in VARIANTS:
+            fid = report.variants[v].fidelity
+            if fid is not None:
+                points.append((v, ch[v].usd_per_million_at_u, fid.mean_cosine,
+                               f"{v} on {ch[v].instance}: {_usd(ch[v].usd_per_million_at_u)}, "
+                               f"cos {fid.mean_cosine:.3f}"))
+        if points:
+            files["fidelity"] = _plots.fidelity_vs_cost(points, out_dir / "fidelity_vs_cost.png")
+    return files
+
+
+def _document(report: Report, files: dict[str, Path]) -> Doc:
+    u = report.utilisation
+    doc = Doc("twinserve cost report")
+    doc.p(f"Generated {report.created_at:%Y-%m-%d %H:%M} UTC. SLO: client-side p99 <= {report.slo_p99_ms:g} ms, errors "
+          f"< 0.1%, achieved rate >= 95% of offered. Cost: `$/1M = price_usd_per_hour x 10^6 / (3600 x u x X_slo)`, "
+          f"u = {u:g} (u = 1 beside it). `report.json` holds every number shown here.")
+
+    doc.h("Capacity within the SLO (X_slo)")
+    doc.table(["variant", "X_slo req/s", "measured on", "CPUs", "generator CPU at X_slo", "source"],
+              [[v.variant, _f(v.x_slo_rps, ".4g", "no step met the SLO"), v.hardware + (
+                  f" ({v.instance_type})" if v.instance_type else "") + (f", GPU {v.gpu_model}" if v.gpu_model else ""),
+                str(v.cpu_count),
+                "n/a" if v.generator_cpu_cores_at_x_slo is None else
+                f"{v.generator_cpu_cores_at_x_slo:.2f} cores" + (" (CPU-bound!)" if v.generator_cpu_bound_at_x_slo
+                                                                  else ""), f"`{v.source}`"]
+               for v in report.variants.values()])
+    doc.img(files["x_slo"], "X_slo per variant, with the hardware it was measured on")
+    doc.h("Latency vs offered load", 3)
+    doc.img(files["latency"], "Client-side latency percentiles and achieved rate vs offered load")
+    for v in report.variants.values():
+        doc.table([f"{v.variant}: offered req/s", "achieved req/s", "p50 ms", "p99 ms", "errors", "generator cores",
+                   "counts?"],
+                  [[f"{s.offered_rps:g}", f"{s.achieved_rps:.1f}", _f(s.p50_ms, ".1f"), _f(s.p99_ms, ".1f"),
+                    f"{s.error_ratio:.2%}", f"{s.generator_cpu_cores:.2f}",
+                    "yes" if s.passed else "no: " + "; ".join(s.reasons)] for s in v.steps])
+        doc.ul(v.notes)
+
+    doc.h("Cost per million requests, variant x instance")
+    doc.p(f"At u = {u:g} and at u = 1. **projected** figures were measured on other hardware and carried over by "
+          "the rule shown; **not measured** means no load test covers that hardware, so there is no figure.")
+    doc.table(["variant", "instance", "$/h", "X_slo req/s", f"$/1M at u={u:g}", "$/1M at u=1", "status",
+               "measured on"],
+              [[c.variant, c.instance, f"{c.price_usd_per_hour:g}", _f(c.capacity_rps, ".4g", "-"),
+                _usd(c.usd_per_million_at_u, c.status), _usd(c.usd_per_million_at_u1, c.status),
+                c.status.replace("_", " ") + (f": {c.projection_rule}" if c.projection_rule else "")
+                + (f". {c.note}" if c.note else ""), c.measured_on or "-"] for c in report.cells])
+    doc.img(files["usd_per_million"], f"$ per 1M requests at u = {u:g}; hatched bars are projections")
+
+    doc.h("Fleet cost vs traffic")
+    if report.fleet is None:
+        doc.p("Not computed: both variants need a capacity figure on some priced instance.")
+    else:
+        fl = report.fleet
+        doc.p("Instances = ceil(R / (u x X_slo)), at least one per variant. Chosen instances (cheapest $/1M among "
+              "non-burstable instances of the measured CPU architecture, unless named with --dense-instance / "
+              "--pruned-instance): " + "; ".join(f"{v}: {c.instance} ({_f(c.capacity_rps, '.4g')} req/s"
+                                     f"{', projected' if c.projected else ''}, {_usd(c.usd_per_million_at_u)}/1M)"
+                                     for v, c in fl.choices.items()) + ".")
+        if fl.crossover is not None:
+            doc.p(f"**Crossover:** {fl.crossover.note}.")
+        doc.p(f"**Blended cost of the A/B split** ({fl.dense_share:.0%} dense, {1 - fl.dense_share:.0%} pruned) at "
+              f"steady state: {_usd(fl.blended_usd_per_million_at_u)} per 1M at u = {u:g} "
+              f"({_usd(fl.blended_usd_per_million_at_u1)} at u = 1); at low traffic the floor dominates (table).")
+        doc.img(files["fleet"], "Fleet cost vs traffic, with the crossover")
+        doc.table(["R req/s", "dense only: inst, $/h", "pruned only: inst, $/h", "split: dense+pruned inst, $/h",
+                   "split $/1M"],
+                  [[f"{r.rate_rps:g}", f"{r.instances['dense']}, ${r.usd_per_hour['dense']:.3f}",
+                    f"{r.instances['pruned']}, ${r.usd_per_hour['pruned']:.3f}",
+                    f"{r.instances['split_dense']}+{r.instances['split_pruned']}, ${r.usd_per_hour['split']:.3f}",
+                    "-" if r.rate_rps == 0 else _usd(r.usd_per_hour["split"] * 1e6 / (3600 * r.rate_rps))]
+                   for r in fl.table])
+
+    doc.h("Fidelity beside cost")
+    rows = []
+    for v in report.variants.values():
+        choice = report.fleet.choices.get(v.variant) if report.fleet else None
+        live = v.live_shadow
+        rows.append([v.variant, _f(v.fidelity.mean_cosine, ".4f") if v.fidelity else "no manifest",
+                     _f(v.fidelity.p5_cosine, ".4f") if v.fidelity else "-",
+                     _f(v.fidelity.recall_at_10, ".3f") if v.fidelity else "-",
+                     "not queried" if live is None else (live.note or f"{_f(live.mean_cosine, '.4f')} "
+                                                         f"({_f(live.samples, '.0f')} samples)"),
+                     _usd(choice.usd_per_million_at_u) + f" on {choice.instance}" if choice else "-"])
+    doc.table(["variant", "mean cosine to dense", "p5 cosine", "recall@10", "live shadow cosine",
+               f"$/1M at u={u:g}"], rows)
+    if "fidelity" in files:
+        doc.img(files["fidelity"], "Fidelity (manifest, held-out text) vs cost per million requests")
+
+    if report.bench is not None:
+        b = report.bench
+        doc.h("Model-level latency (no HTTP)")
+        doc.p(f"From `{b.source}`: {b.hardware}, device {b.device}, {b.threads} threads. Medians.")
+        doc.table(["variant", "batch", "tokens", "median ms", "texts/s", "vs dense"],
+                  [[r.variant, str(r.batch), str(r.seq_len), f"{r.median_ms:.2f}", f"{r.texts_per_s:.1f}",
+                    _f(r.speedup_vs_dense, ".2f") + ("x" if r.speedup_vs_dense else "")] for r in b.rows])
+
+    doc.h("Prices")
+    doc.table(["instance", "$/h", "vCPU", "memory GiB", "GPU", "arch", "region", "date", "basis", "source"],
+              [[p.key, f"{p.price_usd_per_hour:g}", str(p.vcpus), f"{p.memory_gib:g}",
+                f"{p.gpu.count}x {p.gpu.model}" if p.gpu else "-", p.cpu_arch, p.region, p.date.isoformat(), p.basis,
+                p.source + (f" NOTE: {p.note}" if p.note else "")] for p in report.prices])
+    doc.h("Notes")
+    doc.ul(report.notes)
+    doc.h("Inputs")
+    doc.ul([f"{i.kind}: `{i.path}` (sha256 {i.sha256[:12]}…)" for i in report.inputs])
+    return doc
+
+
+def write_report(report: Report, plot_data: dict, out_dir: Path) -> dict[str, Path]:
+    """Write PNGs, report.md, report.html (self-contained) and report.json into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = _plots_for(report, plot_data, out_dir)
+    doc = _document(report, files)
+    (out_dir / "report.md").write_text(doc.markdown(), encoding="utf-8")
+    (out_dir / "report.html").write_text(doc.html(), encoding="utf-8")
+    written = {**files, "markdown": out_dir / "report.md", "html": out_dir / "report.html",
+               "json": out_dir / "report.json"}
+    report.files = {k: p.name for k, p in written.items()}
+    (out_dir / "report.json").write_text(json.dumps(report.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
+    return written

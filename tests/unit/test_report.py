@@ -1,0 +1,236 @@
+"""``twinserve report`` from synthetic typed inputs: numbers equal the inputs, real PNGs, HTML that stands alone."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from service.bench import BenchCell, BenchResult
+from service.cli import main
+from service.cost.loadtest import (
+    LoadTestResult,
+    RawRun,
+    RawStep,
+    ServerHardware,
+    SloCriteria,
+    SweepPlan,
+    summarise_run,
+)
+from service.cost.model import Offer, crossover
+from service.cost.prices import load_prices
+from service.cost.report import Report, ReportConfig, ReportError, build_report, query_shadow_agreement, write_report
+from service.model.encoder import LayerShape
+from service.pruning.manifest import CorpusInfo, Fidelity, LatencyRow, Manifest, VariantInfo
+
+REPO = Path(__file__).resolve().parents[2]
+PRICES = REPO / "deploy" / "prices.yaml"
+CPU_BOX = ServerHardware(description="Test CPU 3000, 2 logical CPUs", cpu_count=2, cpu_arch="x86_64",
+                         shares_machine_with_generator=True)
+T4_BOX = ServerHardware(description="g4dn.xlarge, NVIDIA T4", cpu_count=4, cpu_arch="x86_64", gpu_model="Tesla T4",
+                        instance_type="g4dn.xlarge", shares_machine_with_generator=False)
+
+
+def _run(variant: str, spec: list[tuple[float, float, float]], plan: SweepPlan) -> RawRun:
+    """spec: (offered, achieved, p99) per step; 10-second windows, the slowest 2% at p99."""
+    steps = []
+    for i, (offered, achieved, p99) in enumerate(spec):
+        n = int(round(achieved * 10))
+        k = max(1, -(-n * 2 // 100))
+        steps.append(RawStep(index=i, offered_rps=offered, users=int(offered), start_s=i * 12 + 2, window_s=10.0,
+                             latencies_ms=[5.0] * (n - k) + [p99] * k, failures=0, inputs_total=n * 2,
+                             status_counts={"200": n}, answered_by={variant: n}, route_reasons={"override": n},
+                             generator_cpu_s=1.2, machine_cpu_percent=90.0))
+    return RawRun(format="twinserve-locust-steps/1", locust_version="2.47.0", variant=variant, host=None, cpu_count=2,
+                  pid=1, plan={}, stopped_early=False, multi_share=0.2, max_inputs=8, user_pool=100, steps=steps)
+
+
+def _result(tmp_path: Path, name: str, server: ServerHardware, specs: dict) -> Path:
+    plan = SweepPlan(rates_rps=sorted({o for spec in specs.values() for o, _, _ in spec}), step_duration_s=12,
+                     warmup_s=2)
+    slo = SloCriteria()
+    result = LoadTestResult(
+        created_at=datetime.now(timezone.utc), target_url="http://127.0.0.1:8000", locust_version="2.47.0",
+        locustfile="loadtests/locustfile.py", generator_hardware=server.description, generator_cpu_count=2,
+        server=server, slo=slo, plan=plan, variants=[summarise_run(v, _run(v, s, plan), plan, slo)
+                                                     for v, s in specs.items()])
+    path = tmp_path / name
+    path.write_text(result.model_dump_json(indent=2))
+    return path
+
+
+def _manifest(tmp_path: Path) -> Path:
+    layers = [LayerShape(heads=4, ffn=64, source_index=i) for i in range(2)]
+    variant = dict(layers=layers, parameters=1000, encoder_parameters=500, flops_per_token={"128": 10})
+    m = Manifest(
+        name="tiny", created_at=datetime.now(timezone.utc), fingerprint="f", source_model="tiny",
+        source_model_sha256="0" * 64, max_tokens=128, criterion="taylor", schedule={}, config={},
+        corpus=CorpusInfo(source="wordnet", path=None, sha256="0" * 64, n_train=100, n_heldout=64),
+        dense=VariantInfo(onnx_file="dense.onnx", precision="fp32", **variant),
+        pruned=VariantInfo(onnx_file="pruned.onnx", precision="int8", **variant,
+                           fidelity=Fidelity(mean_cosine=0.931, p5_cosine=0.85, recall_at_10=0.71, n_texts=64)),
+        candidates={}, quantization={}, latency_hardware="test",
+        latency=[LatencyRow(variant="dense", batch=1, seq_len=16, median_ms=1.0, p90_ms=1.0, runs=1)],
+        build_seconds=1.0, files={})
+    d = tmp_path / "artifacts"
+    d.mkdir()
+    (d / "manifest.json").write_text(m.model_dump_json())
+    return d
+
+
+def _bench(tmp_path: Path) -> Path:
+    b = BenchResult(created_at=datetime.now(timezone.utc), artifact_dir="a", hardware="Test CPU 3000", cpu_count=2,
+                    threads=2, device="cpu",
+                    cells=[BenchCell(variant="dense", batch=1, seq_len=16, median_ms=4.0, p90_ms=5.0, runs=3,
+                                     texts_per_s=250.0, speedup_vs_dense=1.0),
+                           BenchCell(variant="pruned", batch=1, seq_len=16, median_ms=1.0, p90_ms=1.2, runs=3,
+                                     texts_per_s=1000.0, speedup_vs_dense=4.0)])
+    p = tmp_path / "bench.json"
+    p.write_text(b.model_dump_json())
+    return p
+
+
+CPU_SPECS = {"dense": [(10, 10.0, 40), (20, 19.8, 80), (40, 30.0, 300)],
+             "pruned": [(10, 10.0, 10), (20, 20.0, 12), (40, 39.5, 30), (80, 79.0, 95)]}
+
+
+def _cell(report: Report, variant: str, instance: str):
+    return next(c for c in report.cells if c.variant == variant and c.instance == instance)
+
+
+def test_report_numbers_equal_inputs_and_files_are_valid(tmp_path):
+    lt = _result(tmp_path, "loadtest.json", CPU_BOX, CPU_SPECS)
+    report, data = build_report(loadtests=[lt], prices=PRICES, bench=_bench(tmp_path), manifest=_manifest(tmp_path),
+                                config=ReportConfig(utilisation=0.7, dense_share=0.25))
+    out = tmp_path / "report"
+    files = write_report(report, data, out)
+
+    src = LoadTestResult.model_validate_json(lt.read_text())
+    doc = json.loads((out / "report.json").read_text())
+    Report.model_validate(doc)  # the file is the typed model, unknown keys rejected
+    for v in ("dense", "pruned"):
+        assert doc["variants"][v]["x_slo_rps"] == src.variant(v).x_slo_rps
+        assert doc["variants"][v]["slo_p99_ms"] == 100.0
+        assert doc["variants"][v]["hardware"] == "Test CPU 3000, 2 logical CPUs"
+    assert doc["variants"]["dense"]["x_slo_rps"] == pytest.approx(19.8)
+    assert doc["variants"]["pruned"]["x_slo_rps"] == pytest.approx(79.0)
+
+    prices = {p.instance_type: p.price_usd_per_hour for p in load_prices(PRICES).instances}
+    cells = {(c["variant"], c["instance"]): c for c in doc["cells"]}
+    assert len(cells) == 2 * len(prices)
+    c = cells[("pruned", "c7i.xlarge")]  # 2 CPUs measured -> 4 vCPUs: linear in cores, projected
+    x = 79.0 * 4 / 2
+    assert c["projected"] is True and "linear in cores" in c["projection_rule"]
+    assert c["capacity_rps"] == pytest.approx(x)
+    assert c["usd_per_million_at_u"] == pytest.approx(0.1785 * 1e6 / (3600 * 0.7 * x))
+    assert c["usd_per_million_at_u1"] == pytest.approx(0.1785 * 1e6 / (3600 * 1.0 * x))
+    assert cells[("pruned", "c7i.2xlarge")]["capacity_rps"] == pytest.approx(79.0 * 8 / 2)
+    for gpu in ("g4dn.xlarge", "g5.xlarge", "g6.xlarge"):  # never measured on a GPU: no invented figure
+        d = cells[("dense", gpu)]
+        assert d["status"] == "not_measured" and d["usd_per_million_at_u"] is None and d["capacity_rps"] is None
+        assert cells[("pruned", gpu)]["status"] == "not_applicable"
+    assert cells[("pruned", "c7g.xlarge")]["cross_arch"] and cells[("pruned", "t4g.xlarge")]["burstable"]
+
+    fleet = doc["fleet"]
+    assert fleet["choices"]["pruned"]["instance"] == "c6i.xlarge"  # cheapest like-for-like (not t4g, not arm64)
+    offers = {v: Offer(v, ch["instance"], ch["price_usd_per_hour"], ch["capacity_rps"])
+              for v, ch in fleet["choices"].items()}
+    expected = crossover(offers["dense"], offers["pruned"], 0.7)
+    assert fleet["crossover"]["rate_rps"] == expected.rate_rps
+    assert fleet["blended_usd_per_million_at_u"] == pytest.approx(
+        0.25 * offers["dense"].usd_per_million(0.7) + 0.75 * offers["pruned"].usd_per_million(0.7))
+    zero = next(r for r in fleet["table"] if r["rate_rps"] == 0)
+    assert zero["instances"] == {"dense": 1, "pruned": 1, "split_dense": 1, "split_pruned": 1}  # the floor
+    assert doc["variants"]["pruned"]["fidelity"]["mean_cosine"] == 0.931
+    assert doc["variants"]["dense"]["fidelity"]["mean_cosine"] == 1.0
+    assert doc["bench"]["rows"][1]["speedup_vs_dense"] == 4.0
+
+    pngs = sorted(out.glob("*.png"))
+    assert {p.name for p in pngs} == {"latency_vs_load.png", "x_slo.png", "usd_per_million.png", "fleet_cost.png",
+                                      "fidelity_vs_cost.png"}
+    for p in pngs:
+        with Image.open(p) as im:
+            im.verify()
+        with Image.open(p) as im:
+            assert im.format == "PNG" and im.size[0] > 300
+    html = (out / "report.html").read_text()
+    assert not re.search(r"""(src|href)=["']?(https?:|//|file:)""", html)
+    assert "<script" not in html and "<link" not in html
+    assert html.count('src="data:image/png;base64,') == len(pngs)
+    md = (out / "report.md").read_text()
+    for p in pngs:
+        assert f"]({p.name})" in md
+    assert "not measured" in md and "projected" in md and "Test CPU 3000" in md
+    assert set(report.files) >= {"markdown", "html", "json"} and files["json"].is_file()
+
+
+def test_gpu_measurement_prices_its_own_gpu_only(tmp_path):
+    cpu = _result(tmp_path, "cpu.json", CPU_BOX, CPU_SPECS)
+    gpu = _result(tmp_path, "gpu.json", T4_BOX, {"dense": [(100, 100.0, 20), (200, 199.0, 60), (400, 300.0, 500)]})
+    report, data = build_report(loadtests=[cpu, gpu], prices=PRICES)
+    g4 = _cell(report, "dense", "g4dn.xlarge")
+    assert g4.status == "measured" and not g4.projected and g4.capacity_rps == pytest.approx(199.0)
+    assert g4.usd_per_million_at_u == pytest.approx(0.526 * 1e6 / (3600 * 0.7 * 199.0))
+    assert _cell(report, "dense", "g5.xlarge").status == "not_measured"  # an A10G is not a T4
+    assert report.variants["dense"].other_measurements[0].gpu_model == "Tesla T4"
+    write_report(report, data, tmp_path / "r")
+
+
+def test_no_capacity_and_missing_variant_degrade_with_notes(tmp_path):
+    lt = _result(tmp_path, "lt.json", CPU_BOX, {"dense": [(10, 5.0, 500)], "pruned": [(10, 10.0, 10)]})
+    report, data = build_report(loadtests=[lt], prices=PRICES)
+    assert report.variants["dense"].x_slo_rps is None
+    assert _cell(report, "dense", "c7i.xlarge").status == "no_capacity"
+    assert report.fleet is None and any("missing: dense" in n for n in report.notes)
+    write_report(report, data, tmp_path / "r")
+    assert "no step met the SLO" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_live_shadow_agreement_from_prometheus_api(tmp_path):
+    seen = []
+
+    def fetch(url: str) -> bytes:
+        seen.append(url)
+        value = "0.97" if "%2F" in url else "1234"  # the mean query divides, the count query does not
+        return json.dumps({"status": "success", "data": {"resultType": "vector", "result": [
+            {"metric": {"variant": "pruned"}, "value": [1700000000, value]}]}}).encode()
+
+    live = query_shadow_agreement("http://prom:9090/", window="30m", fetch=fetch)
+    assert live["pruned"].mean_cosine == 0.97 and live["pruned"].samples == 1234
+    assert all(u.startswith("http://prom:9090/api/v1/query?query=") for u in seen) and "30m" in seen[0]
+    lt = _result(tmp_path, "lt.json", CPU_BOX, CPU_SPECS)
+    report, _ = build_report(loadtests=[lt], prices=PRICES, prometheus_url="http://prom:9090", fetch=fetch)
+    assert report.variants["pruned"].live_shadow.mean_cosine == 0.97
+    assert "no shadow samples" in report.variants["dense"].live_shadow.note
+
+    def broken(url: str) -> bytes:
+        return json.dumps({"status": "error", "error": "parse error"}).encode()
+
+    with pytest.raises(ReportError, match="Prometheus rejected"):
+        query_shadow_agreement("http://prom:9090", fetch=broken)
+
+
+def test_bad_inputs_fail_in_words(tmp_path):
+    lt = _result(tmp_path, "lt.json", CPU_BOX, CPU_SPECS)
+    with pytest.raises(ReportError, match="not found"):
+        build_report(loadtests=[tmp_path / "missing.json"], prices=PRICES)
+    with pytest.raises(ReportError, match="no price row 'x9.huge'"):
+        build_report(loadtests=[lt], prices=PRICES, config=ReportConfig(pruned_instance="x9.huge"))
+    with pytest.raises(ReportError, match="not_measured"):
+        build_report(loadtests=[lt], prices=PRICES, config=ReportConfig(dense_instance="g5.xlarge"))
+
+
+def test_cli_report_writes_and_says_where(tmp_path, capsys):
+    lt = _result(tmp_path, "lt.json", CPU_BOX, CPU_SPECS)
+    out = tmp_path / "rep"
+    assert main(["report", "--loadtest", str(lt), "--out-dir", str(out), "-u", "0.5"]) == 0
+    printed = capsys.readouterr().out
+    assert f"report written to {out}" in printed.splitlines()[-1]
+    assert json.loads((out / "report.json").read_text())["utilisation"] == 0.5
+    assert main(["report", "--loadtest", str(tmp_path / "none.json"), "--out-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("twinserve report: error:") and "Traceback" not in err and len(err.splitlines()) == 1
