@@ -96,6 +96,7 @@ class Router:
                               "cosine_min": None, "latency_s_sum": 0.0}
         self._meta: dict[str, dict] = {}
         self._metrics = serving_metrics()
+        self._replica = serve.get_replica_context().replica_id.unique_id
         log.info("twinserve router: artifacts %s, token limit %d (%s), admin endpoint %s",
                  config.artifact_dir, self.max_tokens, config.limits.over_token_limit,
                  "enabled" if self._admin_token else "disabled (no TWINSERVE_ADMIN_TOKEN)")
@@ -382,6 +383,7 @@ class Router:
         n = s["completed"]
         return {
             "routing": self.routing.model_dump(),
+            "replica": self._replica,
             "scope": "this router replica; `serve deploy` with a changed user_config changes every replica",
             "shadow": {"completed": n, "failed": s["failed"], "skipped": s["skipped"],
                        "in_flight": len(self._shadow_tasks),
