@@ -9,6 +9,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import numpy as np
 import pytest
 
 from service.serving.config import Weights
@@ -123,7 +124,8 @@ def test_admin_endpoint_changes_weights_and_shadow_at_run_time(serve_app):
 
 @pytest.fixture(scope="module")
 def tight_app(serve_app):
-    """A second application on the same Serve instance whose pruned variant takes one request at a time."""
+    """A second application on the same Serve instance: its pruned variant takes one request at a time,
+    and it truncates inputs to 16 tokens instead of rejecting them."""
     from ray.serve._private.api import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
@@ -136,6 +138,7 @@ def tight_app(serve_app):
             "pruned": {**tiny, "max_ongoing_requests": 1, "max_queued_requests": 1, "batch_wait_timeout_s": 0.5},
             "dense": {**tiny, "max_ongoing_requests": 64, "max_queued_requests": 64},
             "router": {"num_cpus": 0.25, "retry_after_s": 2},
+            "limits": {"over_token_limit": "truncate", "max_tokens_per_input": 16},
         },
         "deployments": [{"name": "Router", "user_config": {"weights": {"dense": 0.0, "pruned": 1.0}}}],
     }
@@ -188,3 +191,20 @@ def test_altered_artifacts_refuse_to_start_with_a_clear_error(serve_app, tmp_pat
         assert "pruned.onnx has sha256" in message and "Rebuild with `twinserve prune --force`" in message
     finally:
         serve.delete("broken")
+
+
+def test_truncate_mode_embeds_the_first_tokens_and_counts_them(tight_app, serve_app):
+    from service.model.backends import OnnxBackend
+
+    text = " ".join(f"word{i}" for i in range(100))
+    r = httpx.post(f"{tight_app}/v1/embeddings", json={"input": [text, "short"], "model": "twinserve-dense",
+                                                       "encoding_format": "float"}, timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["usage"]["prompt_tokens"] == 16 + 3
+    ref = OnnxBackend(serve_app.artifact_dir, variant="dense", threads=1, truncate=True)
+    ref.load()
+    ref.tokenizer.max_tokens = 16
+    expected = ref.embed([text, "short"])
+    got = np.array([d["embedding"] for d in body["data"]])
+    assert np.sum(got * expected, axis=1).min() > 0.999
