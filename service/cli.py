@@ -206,6 +206,88 @@ def _add_cost_commands(sub) -> None:
     rp.add_argument("--out-dir", type=Path, default=Path("results") / "report")
     rp.set_defaults(func=_cmd_report)
 
+def _weight(text: str) -> float:
+    v = float(text)
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {v}")
+    return v
+
+
+def _cmd_serve(args: argparse.Namespace) -> None:
+    import os
+    import time
+
+    from service.pruning.manifest import MANIFEST_FILE, verify_artifacts
+    from service.serving.config import RoutingConfig, ServingConfig, VariantConfig
+    from service.settings import default_artifact_dir
+
+    default = default_artifact_dir()
+    art = (args.artifacts or default).expanduser()
+    if not (art / MANIFEST_FILE).is_file():
+        if args.artifacts is not None and art.resolve() != default.resolve():
+            raise CliError(f"no artifacts at {art}; build them with `twinserve prune --out {art}`")
+        from service.pruning.config import preset
+        from service.pruning.job import run_prune
+        from service.settings import default_model_dir
+
+        print(f"no artifacts at {art}: building them with the `fast` preset first (a few minutes)", file=sys.stderr)
+        run_prune(default_model_dir(), art, preset("fast"), preset_name="fast")
+    verify_artifacts(art)  # fail here, in words, before Ray starts
+
+    try:
+        cfg = ServingConfig(
+            artifact_dir=art,
+            dense=VariantConfig(num_cpus=0.5, num_gpus=args.dense_gpus, max_ongoing_requests=32),
+            routing=RoutingConfig(weights={"dense": args.dense_weight, "pruned": 1.0 - args.dense_weight},
+                                  shadow_fraction=args.shadow_fraction),
+        )
+    except ValueError as e:
+        raise CliError(str(e)) from None
+
+    import signal
+
+    import ray
+    from ray import serve
+
+    from service.serving.app import build_app
+
+    def _stop(signum, frame):
+        raise KeyboardInterrupt
+
+    # Ctrl-C even where the shell started us with SIGINT ignored; SIGTERM (docker stop) the same way.
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+
+    # Logical CPUs are reservations: never fewer than the application asks for, even on 2 cores.
+    wanted = cfg.dense.num_cpus + cfg.pruned.num_cpus + cfg.router.num_cpus
+    ray.init(num_cpus=max(os.cpu_count() or 1, int(wanted + 0.999)), include_dashboard=False)
+    try:
+        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.run(build_app(cfg), name="twinserve", route_prefix="/")
+        host = "localhost" if args.host in ("0.0.0.0", "::") else args.host
+        url = f"http://{host}:{args.port}"
+        print(f"\ntwinserve is serving {art} at {url}  (dense weight {args.dense_weight:g}, "
+              f"shadow {args.shadow_fraction:g}; Ctrl-C stops it)\n")
+        print(f"  curl -s {url}/v1/embeddings -H 'Content-Type: application/json' \\\n"
+              f"       -d '{{\"input\": [\"hello world\"], \"model\": \"twinserve\"}}' -D - | head -c 600\n")
+        print(f"  models: twinserve (routed), twinserve-dense, twinserve-pruned; v2 API under {url}/v2; "
+              f"docs at {url}/docs")
+        if not os.environ.get("TWINSERVE_ADMIN_TOKEN"):
+            print("  admin endpoint disabled: set TWINSERVE_ADMIN_TOKEN to change weights with PUT /admin/routing")
+        sys.stdout.flush()
+        while True:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        print("\ntwinserve serve: stopping", file=sys.stderr)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+    print("twinserve serve: stopped")
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="twinserve", description="Serve a dense and a pruned INT8 twin of one encoder.")
@@ -253,6 +335,22 @@ def build_parser() -> argparse.ArgumentParser:
     fr.set_defaults(func=_cmd_frontier)
 
     _add_cost_commands(sub)
+
+    se = sub.add_parser("serve", help="serve both variants behind one endpoint on Ray Serve (HTTP :8000)",
+                        description="Start a local Ray cluster and the twinserve application: OpenAI "
+                                    "POST /v1/embeddings and the Open Inference Protocol v2 under /v2, "
+                                    "routing between the dense and pruned variants. Builds the default "
+                                    "artifacts with the `fast` preset first when they are absent. Writes "
+                                    "nothing but Ray's logs (/tmp/ray/session_latest/logs). For a cluster, "
+                                    "use `serve deploy deploy/serve_config.yaml` instead.")
+    se.add_argument("--artifacts", type=Path, help="artifact directory (default: artifacts/all-MiniLM-L6-v2)")
+    se.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    se.add_argument("--port", type=int, default=8000)
+    se.add_argument("--dense-weight", type=_weight, default=0.5, help="share of routed traffic to dense, [0, 1]")
+    se.add_argument("--shadow-fraction", type=_weight, default=0.0,
+                    help="fraction of requests also sent to the other variant in the background, [0, 1]")
+    se.add_argument("--dense-gpus", type=float, default=0.0, help="GPUs for the dense replica (1 on a GPU host)")
+    se.set_defaults(func=_cmd_serve)
     return p
 
 

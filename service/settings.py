@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["DEFAULT_MODEL_NAME", "Settings", "default_artifact_dir", "default_model_dir"]
@@ -17,6 +17,8 @@ class Settings(BaseSettings):
 
     artifacts_root: Path = Field(Path("artifacts"), description="where `twinserve prune` publishes artifacts")
     model_dir: Path | None = Field(None, description="BERT-family checkpoint directory; default: bundled MiniLM")
+    admin_token: SecretStr | None = Field(
+        None, description="bearer token of the router's /admin endpoints; unset or empty: they are disabled")
 
 
 def default_model_dir() -> Path:

@@ -1,0 +1,134 @@
+"""Where the serving time goes, for one input at low load (sequential requests, one at a time).
+
+    PYTHONPATH=. python -m service.serving._overhead --artifacts artifacts/all-MiniLM-L6-v2 \\
+        --out results/serving_overhead.json
+
+Starts its own Ray instance and Serve application (pruned variant pinned), then times the
+same text five ways, interleaved round by round so a noisy neighbour hits all of them alike:
+
+  in_process      OnnxBackend.embed in this process (tokenise + ONNX Runtime)
+  handle          DeploymentHandle -> Pruned.embed (Ray RPC, @serve.batch, thread hop, model)
+  http_live       GET /v2/health/live (proxy + router FastAPI, no model hop)
+  http_embed      POST /v1/embeddings, model twinserve-pruned (everything)
+  serialise       request parse + response JSON encode for one embedding, in this process
+
+It runs twice: with the configured batch wait and with batch_wait_timeout_s = 0, because at low
+load a lone request waits the whole batching window for company.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+TEXT = "How long does one request spend outside the model?"
+
+
+class OverheadRow(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    batch_wait_timeout_s: float
+    p50_ms: dict[str, float]
+    p90_ms: dict[str, float]
+    overhead_p50_ms: float  # http_embed - in_process
+
+
+class OverheadResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    created_at: datetime
+    artifact_dir: str
+    hardware: str
+    runs: int
+    text: str
+    rows: list[OverheadRow]
+
+
+def _pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.array(xs) * 1e3, q))
+
+
+def measure(artifacts: Path, runs: int, waits: list[float]) -> OverheadResult:
+    import httpx
+    import ray
+    from ray import serve
+
+    from service.bench import hardware_description
+    from service.model.backends import OnnxBackend
+    from service.serving.app import build_app
+    from service.serving.schemas import EmbeddingRequest, embedding_response
+
+    backend = OnnxBackend(artifacts, variant="pruned", threads=1)
+    backend.load()
+    body = {"input": TEXT, "model": "twinserve-pruned", "encoding_format": "float"}
+    raw_body = json.dumps(body).encode()
+    emb = backend.embed([TEXT])
+
+    port = 8000 + os.getpid() % 1000
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    rows = []
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        for wait in waits:
+            cfg = {"artifact_dir": str(artifacts), "dense": {"num_cpus": 0.5},
+                   "pruned": {"num_cpus": 1, "batch_wait_timeout_s": wait}}
+            serve.run(build_app(cfg), name="overhead", route_prefix="/")
+            handle = serve.get_deployment_handle("Pruned", app_name="overhead")
+            t = {k: [] for k in ("in_process", "handle", "http_live", "http_embed", "serialise")}
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+                for _ in range(20):  # warm up every path
+                    http.post("/v1/embeddings", json=body).raise_for_status()
+                    handle.embed.remote([TEXT]).result()
+                for _ in range(runs):
+                    s = time.perf_counter(); backend.embed([TEXT]); t["in_process"].append(time.perf_counter() - s)
+                    s = time.perf_counter(); handle.embed.remote([TEXT]).result()
+                    t["handle"].append(time.perf_counter() - s)
+                    s = time.perf_counter(); http.get("/v2/health/live").raise_for_status()
+                    t["http_live"].append(time.perf_counter() - s)
+                    s = time.perf_counter(); r = http.post("/v1/embeddings", content=raw_body,
+                                                           headers={"content-type": "application/json"})
+                    t["http_embed"].append(time.perf_counter() - s)
+                    assert r.status_code == 200 and r.headers["x-variant"] == "pruned", r.text
+                    s = time.perf_counter()
+                    EmbeddingRequest.model_validate_json(raw_body)
+                    embedding_response(emb, "twinserve-pruned", 12, "float")
+                    t["serialise"].append(time.perf_counter() - s)
+            p50 = {k: round(_pct(v, 50), 3) for k, v in t.items()}
+            rows.append(OverheadRow(batch_wait_timeout_s=wait, p50_ms=p50,
+                                    p90_ms={k: round(_pct(v, 90), 3) for k, v in t.items()},
+                                    overhead_p50_ms=round(p50["http_embed"] - p50["in_process"], 3)))
+            serve.delete("overhead")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return OverheadResult(created_at=datetime.now(timezone.utc), artifact_dir=str(artifacts),
+                          hardware=hardware_description(), runs=runs, text=TEXT, rows=rows)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--artifacts", type=Path, required=True)
+    p.add_argument("--runs", type=int, default=300)
+    p.add_argument("--waits", type=float, nargs="+", default=[0.005, 0.0], help="batch_wait_timeout_s values")
+    p.add_argument("--out", type=Path, default=Path("results/serving_overhead.json"))
+    args = p.parse_args()
+    result = measure(args.artifacts.resolve(), args.runs, args.waits)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(result.model_dump_json(indent=2) + "\n")
+    for row in result.rows:
+        cells = "  ".join(f"{k} {v:.2f}" for k, v in row.p50_ms.items())
+        print(f"batch wait {row.batch_wait_timeout_s * 1e3:.1f} ms  p50 ms: {cells}  "
+              f"overhead {row.overhead_p50_ms:.2f}")
+    print(f"written to {args.out} ({result.hardware})")
+
+
+if __name__ == "__main__":
+    main()

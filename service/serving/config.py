@@ -1,0 +1,135 @@
+"""Serving configuration: validated pydantic models, units in names, unknown keys rejected.
+
+``ServingConfig`` is what the application builder takes (``args`` in ``deploy/serve_config.yaml``);
+``RoutingConfig`` is the Router's Ray Serve ``user_config``, the part that changes at run time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    confloat,
+    model_validator,
+)
+
+__all__ = [
+    "VARIANTS",
+    "LimitsConfig",
+    "RouterConfig",
+    "RoutingConfig",
+    "ServingConfig",
+    "VariantConfig",
+    "Weights",
+]
+
+VARIANTS = ("dense", "pruned")
+Fraction = confloat(ge=0.0, le=1.0)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Weights(_Strict):
+    """Share of routed traffic per variant; the two must sum to 1."""
+
+    dense: Fraction = Field(0.5, description="share of routed requests sent to the dense variant, in [0, 1]")
+    pruned: Fraction = Field(0.5, description="share of routed requests sent to the pruned variant, in [0, 1]")
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> Weights:
+        if abs(self.dense + self.pruned - 1.0) > 1e-6:
+            raise ValueError(f"weights must sum to 1.0, got dense={self.dense} pruned={self.pruned}")
+        return self
+
+    def of(self, variant: str) -> float:
+        return self.dense if variant == "dense" else self.pruned
+
+
+class RoutingConfig(_Strict):
+    """The Router's ``user_config``: changed at run time by ``serve deploy`` or ``PUT /admin/routing``."""
+
+    weights: Weights = Field(default_factory=Weights, description="share of routed traffic per variant")
+    shadow_fraction: Fraction = Field(
+        0.0, description="fraction of answered requests also sent, in the background, to the other variant")
+
+
+class VariantConfig(_Strict):
+    """Resources, batching and backpressure of one model deployment."""
+
+    num_replicas: PositiveInt = Field(1, description="replicas of this deployment")
+    num_cpus: PositiveFloat = Field(1.0, description="CPUs reserved per replica; ONNX Runtime intra-op threads")
+    num_gpus: NonNegativeFloat = Field(0.0, description="GPUs per replica (dense: 1 on a GPU node)")
+    max_batch_size: PositiveInt = Field(32, description="most texts embedded in one model call")
+    batch_wait_timeout_s: confloat(ge=0.0, le=1.0) = Field(
+        0.005, description="how long a batch waits for more requests after its first one, seconds")
+    max_ongoing_requests: PositiveInt = Field(32, description="requests in flight per replica")
+    max_queued_requests: PositiveInt = Field(
+        64, description="requests a caller may queue for this deployment before it sheds load")
+    price_usd_per_hour: NonNegativeFloat | None = Field(
+        None, description="instance price exported as a gauge, for live dollars per million requests")
+
+
+class RouterConfig(_Strict):
+    """The ingress deployment."""
+
+    num_replicas: PositiveInt = Field(1, description="router replicas")
+    num_cpus: PositiveFloat = Field(0.5, description="CPUs reserved per router replica")
+    max_ongoing_requests: PositiveInt = Field(128, description="HTTP requests in flight per router replica")
+    max_queued_requests: PositiveInt = Field(
+        256, description="HTTP requests queued at the proxy before it answers 503 with Retry-After")
+    retry_after_s: PositiveInt = Field(1, description="Retry-After sent with 429 and 503 answers, seconds")
+    variant_timeout_s: PositiveFloat = Field(30.0, description="longest wait for a variant's answer, seconds")
+    max_shadow_in_flight: PositiveInt = Field(
+        16, description="shadow requests in flight per router replica; more are skipped, never queued")
+
+
+class LimitsConfig(_Strict):
+    """What a request may carry; everything over these answers 4xx with a message."""
+
+    max_inputs_per_request: PositiveInt = Field(32, description="texts in one request")
+    max_tokens_per_input: PositiveInt | None = Field(
+        None, description="tokens per text, special tokens included; default: the model's limit (manifest)")
+    over_token_limit: Literal["reject", "truncate"] = Field(
+        "reject", description="reject: answer 400 naming the input; truncate: embed the first tokens only")
+    max_body_bytes: PositiveInt = Field(1 << 20, description="largest request body, bytes (413 above it)")
+
+
+class ServingConfig(_Strict):
+    """Arguments of the application builder (``service.serving.app:build_app``)."""
+
+    artifact_dir: Path = Field(
+        default_factory=lambda: _default_artifact_dir(),
+        description="artifact directory published by `twinserve prune` (manifest.json inside)")
+    dense: VariantConfig = Field(default_factory=lambda: VariantConfig(max_ongoing_requests=32))
+    pruned: VariantConfig = Field(default_factory=VariantConfig)
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    routing: RoutingConfig = Field(
+        default_factory=RoutingConfig,
+        description="initial Router user_config; a `user_config` in the deployment options wins over it")
+
+    @model_validator(mode="after")
+    def _batches_hold_a_request(self) -> ServingConfig:
+        for name in VARIANTS:
+            v: VariantConfig = getattr(self, name)
+            if v.max_batch_size < self.limits.max_inputs_per_request:
+                raise ValueError(
+                    f"{name}.max_batch_size ({v.max_batch_size}) is smaller than "
+                    f"limits.max_inputs_per_request ({self.limits.max_inputs_per_request}): one request "
+                    "must fit in one batch; raise the batch size or lower the input limit")
+        return self
+
+
+def _default_artifact_dir() -> Path:
+    from service.settings import default_artifact_dir
+
+    return default_artifact_dir()

@@ -1,0 +1,63 @@
+"""Every twinserve serving metric, declared once. Labels: ``variant``, ``reason``, ``status`` only.
+
+Ray exports them on each node's metrics port with a ``ray_`` prefix and adds its own
+``deployment``, ``replica`` and ``application`` labels, e.g. ``ray_twinserve_requests_total``.
+Created lazily, once per process, because Ray metrics need a connected Ray worker.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+__all__ = ["LATENCY_BUCKETS_S", "ServingMetrics", "serving_metrics"]
+
+# Resolve 1-100 ms finely (where both variants live), then coarser out to 10 s.
+LATENCY_BUCKETS_S = [
+    0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05,
+    0.06, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0,
+]
+BATCH_SIZE_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+COSINE_BUCKETS = [0.5, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999, 1.0001]
+
+
+class ServingMetrics:
+    def __init__(self) -> None:
+        from ray.serve.metrics import Counter, Gauge, Histogram
+
+        self.requests = Counter(
+            "twinserve_requests_total",
+            description="Inference requests answered by the router, by variant, route reason and status.",
+            tag_keys=("variant", "reason", "status"))
+        self.e2e_latency = Histogram(
+            "twinserve_request_latency_seconds",
+            description="Router time per inference request, from parsed body to response, seconds.",
+            boundaries=LATENCY_BUCKETS_S, tag_keys=("variant", "reason"))
+        self.model_latency = Histogram(
+            "twinserve_model_latency_seconds",
+            description="Tokenise + model time per batch inside the variant replica, seconds.",
+            boundaries=LATENCY_BUCKETS_S, tag_keys=("variant",))
+        self.batch_size = Histogram(
+            "twinserve_batch_size",
+            description="Texts per model call.", boundaries=BATCH_SIZE_BUCKETS, tag_keys=("variant",))
+        self.shadow_cosine = Histogram(
+            "twinserve_shadow_cosine",
+            description="Cosine between the answering and the shadow variant's embedding of the same text; "
+                        "variant is the shadow.",
+            boundaries=COSINE_BUCKETS, tag_keys=("variant",))
+        self.shadow_latency = Histogram(
+            "twinserve_shadow_latency_seconds",
+            description="Latency of shadow requests, seconds; variant is the shadow.",
+            boundaries=LATENCY_BUCKETS_S, tag_keys=("variant",))
+        self.shadow_requests = Counter(
+            "twinserve_shadow_requests_total",
+            description="Shadow requests by shadow variant and status (ok, shed, unavailable, skipped, error).",
+            tag_keys=("variant", "status"))
+        self.price = Gauge(
+            "twinserve_instance_price_usd_per_hour",
+            description="Configured price of the instance a variant replica runs on, USD per hour.",
+            tag_keys=("variant",))
+
+
+@lru_cache(maxsize=1)
+def serving_metrics() -> ServingMetrics:
+    return ServingMetrics()

@@ -1,0 +1,101 @@
+"""One real Ray Serve instance per test session, deployed the way `serve deploy` does it.
+
+The application is deployed from deploy/serve_config.yaml (artifact directory, ports and CPU
+reservations replaced for the test) through the controller's `deploy_apps`, the call behind
+`serve run config.yaml` and `serve deploy`; so a change of the Router's user_config is the same
+in-place reconfigure production gets.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+ADMIN_TOKEN = "integration-test-token"
+INITIAL_WEIGHTS = {"dense": 0.3, "pruned": 0.7}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ServeApp:
+    url: str
+    http: httpx.Client
+    config: dict  # the ServeDeploySchema as a dict, as last deployed
+    artifact_dir: Path
+
+    @property
+    def admin(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+    def routing(self) -> dict:
+        r = self.http.get("/admin/routing", headers=self.admin)
+        r.raise_for_status()
+        return r.json()
+
+    def deploy(self, user_config: dict | None = None) -> None:
+        """Redeploy the config, changing only the Router's user_config (what `serve deploy` does)."""
+        from ray.serve._private.api import _get_global_client
+        from ray.serve.schema import ServeDeploySchema
+
+        if user_config is not None:
+            (router,) = [d for d in self.config["applications"][0]["deployments"] if d["name"] == "Router"]
+            router["user_config"] = user_config
+        _get_global_client().deploy_apps(ServeDeploySchema.model_validate(self.config), _blocking=True)
+
+
+@pytest.fixture(scope="session")
+def serve_app(tiny_artifacts) -> ServeApp:
+    import ray
+    from ray import serve
+    from ray.serve._private.api import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    port = free_port()
+    cfg = yaml.safe_load((ROOT / "deploy" / "serve_config.yaml").read_text())
+    cfg["http_options"].update(host="127.0.0.1", port=port)
+    app = cfg["applications"][0]
+    app["args"]["artifact_dir"] = str(tiny_artifacts)
+    for name in ("dense", "pruned"):
+        app["args"][name]["num_cpus"] = 0.5
+    app["deployments"][0]["user_config"] = {"weights": dict(INITIAL_WEIGHTS), "shadow_fraction": 0.0}
+
+    saved = {k: os.environ.get(k) for k in ("TWINSERVE_ADMIN_TOKEN", "PYTHONPATH")}
+    # Inherited by the raylet and so by every replica and the build task.
+    os.environ["TWINSERVE_ADMIN_TOKEN"] = ADMIN_TOKEN
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), saved["PYTHONPATH"]) if p)
+    # Logical CPUs: reservations only; the machine has 2 cores, shared.
+    ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        _get_global_client().deploy_apps(ServeDeploySchema.model_validate(copy.deepcopy(cfg)), _blocking=True)
+        url = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=url, timeout=60) as http:
+            deadline = time.monotonic() + 60
+            while http.get("/v2/health/ready").status_code != 200:
+                assert time.monotonic() < deadline, "twinserve did not become ready in 60 s"
+                time.sleep(0.2)
+            yield ServeApp(url, http, cfg, Path(tiny_artifacts))
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
