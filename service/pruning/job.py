@@ -229,9 +229,9 @@ def _variant_info(model: Encoder, onnx_file: str, precision: str, fid=None) -> V
 
 
 def _build(teacher, model_dir, tmp, cfg, corpus, fingerprint, preset_name, threads, t_start, name) -> Manifest:
-    for name in TOKENIZER_FILES:
-        if (model_dir / name).is_file():
-            shutil.copy2(model_dir / name, tmp / name)
+    for tok_file in TOKENIZER_FILES:
+        if (model_dir / tok_file).is_file():
+            shutil.copy2(model_dir / tok_file, tmp / tok_file)
     tok_train = TextTokenizer(tmp / "tokenizer.json", cfg.max_train_tokens)
     tok = TextTokenizer(tmp / "tokenizer.json", MAX_TOKENS)
 

@@ -24,6 +24,33 @@ ADMIN_TOKEN = "integration-test-token"
 INITIAL_WEIGHTS = {"dense": 0.3, "pruned": 0.7}
 
 
+DEPLOY_TIMEOUT_S = 300  # a loaded 2-core machine can take minutes to start replicas
+
+
+def deploy_and_wait(config: dict, timeout_s: float = DEPLOY_TIMEOUT_S) -> None:
+    """``serve deploy`` the config and wait until every application is RUNNING.
+
+    Ray's own ``deploy_apps(_blocking=True)`` gives up after a fixed 60 s; this waits longer and,
+    when an application fails or times out, says why (the deployments' status messages).
+    """
+    from ray.serve._private.api import _get_global_client
+    from ray.serve.schema import ApplicationStatus, ServeDeploySchema
+
+    client = _get_global_client()
+    client.deploy_apps(ServeDeploySchema.model_validate(copy.deepcopy(config)))
+    names = {a["name"] for a in config["applications"]}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        statuses = {s.name: s.app_status for s in client.list_serve_statuses() if s.name in names}
+        if len(statuses) == len(names) and all(s.status == ApplicationStatus.RUNNING for s in statuses.values()):
+            break
+        failed = {n: s.message for n, s in statuses.items() if s.status == ApplicationStatus.DEPLOY_FAILED}
+        assert not failed, f"deploy failed: {failed}"
+        assert time.monotonic() < deadline, f"not RUNNING after {timeout_s} s: {statuses}"
+        time.sleep(0.5)
+    client.wait_for_proxies_serving(wait_for_applications_running=True)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -48,22 +75,16 @@ class ServeApp:
 
     def deploy(self, user_config: dict | None = None) -> None:
         """Redeploy the config, changing only the Router's user_config (what `serve deploy` does)."""
-        from ray.serve._private.api import _get_global_client
-        from ray.serve.schema import ServeDeploySchema
-
         if user_config is not None:
             (router,) = [d for d in self.config["applications"][0]["deployments"] if d["name"] == "Router"]
             router["user_config"] = user_config
-        _get_global_client().deploy_apps(ServeDeploySchema.model_validate(self.config), _blocking=True)
+        deploy_and_wait(self.config)
 
 
 @pytest.fixture(scope="session")
 def serve_app(tiny_artifacts) -> ServeApp:
     import ray
     from ray import serve
-    from ray.serve._private.api import _get_global_client
-    from ray.serve.schema import ServeDeploySchema
-
     port = free_port()
     cfg = yaml.safe_load((ROOT / "deploy" / "serve_config.yaml").read_text())
     cfg["http_options"].update(host="127.0.0.1", port=port)
@@ -81,7 +102,7 @@ def serve_app(tiny_artifacts) -> ServeApp:
     ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        _get_global_client().deploy_apps(ServeDeploySchema.model_validate(copy.deepcopy(cfg)), _blocking=True)
+        deploy_and_wait(cfg)
         url = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=url, timeout=60) as http:
             deadline = time.monotonic() + 60

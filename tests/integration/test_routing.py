@@ -15,7 +15,7 @@ import pytest
 from service.serving.config import Weights
 from service.serving.policy import choose
 
-from .conftest import INITIAL_WEIGHTS
+from .conftest import INITIAL_WEIGHTS, deploy_and_wait
 
 
 def _post_many(url: str, n: int, *, threads: int = 8, headers=None, body=None) -> list[httpx.Response]:
@@ -126,9 +126,6 @@ def test_admin_endpoint_changes_weights_and_shadow_at_run_time(serve_app):
 def tight_app(serve_app):
     """A second application on the same Serve instance: its pruned variant takes one request at a time,
     and it truncates inputs to 16 tokens instead of rejecting them."""
-    from ray.serve._private.api import _get_global_client
-    from ray.serve.schema import ServeDeploySchema
-
     tiny = {"num_cpus": 0.25, "max_batch_size": 32}
     app = {
         "name": "tight", "route_prefix": "/tight", "import_path": "service.serving.app:build_app",
@@ -143,10 +140,9 @@ def tight_app(serve_app):
         "deployments": [{"name": "Router", "user_config": {"weights": {"dense": 0.0, "pruned": 1.0}}}],
     }
     config = {**serve_app.config, "applications": [*serve_app.config["applications"], app]}
-    client = _get_global_client()
-    client.deploy_apps(ServeDeploySchema.model_validate(config), _blocking=True)
+    deploy_and_wait(config)
     yield f"{serve_app.url}/tight"
-    client.deploy_apps(ServeDeploySchema.model_validate(serve_app.config), _blocking=True)
+    deploy_and_wait(serve_app.config)
 
 
 def test_shed_load_falls_back_to_the_other_variant(tight_app):
