@@ -23,9 +23,18 @@ __all__ = ["app", "build_app"]
 
 
 def _variant_options(v: VariantConfig, retry_after_s: int) -> dict[str, Any]:
+    actor: dict[str, Any] = {"num_cpus": v.num_cpus, "num_gpus": v.num_gpus}
+    if v.resources:  # placement: only nodes that advertise these custom resources (chart worker groups)
+        actor["resources"] = dict(v.resources)
+    if v.max_replicas is None:
+        replicas: dict[str, Any] = {"num_replicas": v.num_replicas}
+    else:
+        replicas = {"autoscaling_config": {"min_replicas": v.num_replicas, "initial_replicas": v.num_replicas,
+                                           "max_replicas": v.max_replicas,
+                                           "target_ongoing_requests": v.target_ongoing_requests}}
     return dict(
-        num_replicas=v.num_replicas,
-        ray_actor_options={"num_cpus": v.num_cpus, "num_gpus": v.num_gpus},
+        **replicas,
+        ray_actor_options=actor,
         max_ongoing_requests=v.max_ongoing_requests,
         max_queued_requests=v.max_queued_requests,
         backpressure_config=BackpressureConfig(status_code=503, retry_after_s=retry_after_s),

@@ -76,6 +76,22 @@ class VariantConfig(_Strict):
         64, description="requests a caller may queue for this deployment before it sheds load")
     price_usd_per_hour: NonNegativeFloat | None = Field(
         None, description="instance price exported as a gauge, for live dollars per million requests")
+    resources: dict[str, PositiveFloat] = Field(
+        default_factory=dict,
+        description="custom Ray resources per replica, e.g. {dense_pool: 0.01}: replicas go only to nodes "
+                    "that advertise them (the Helm chart's worker groups do); empty: anywhere")
+    max_replicas: PositiveInt | None = Field(
+        None, description="when set, Serve autoscales this deployment between num_replicas and max_replicas, "
+                          "aiming at target_ongoing_requests per replica; unset: a fixed num_replicas")
+    target_ongoing_requests: PositiveFloat = Field(
+        16.0, description="requests in flight per replica that autoscaling aims at (with max_replicas only)")
+
+    @model_validator(mode="after")
+    def _replica_range(self) -> VariantConfig:
+        if self.max_replicas is not None and self.max_replicas < self.num_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) is below num_replicas ({self.num_replicas}): "
+                             "num_replicas is the autoscaling floor; raise max_replicas or lower num_replicas")
+        return self
 
 
 class RouterConfig(_Strict):

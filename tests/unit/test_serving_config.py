@@ -135,3 +135,22 @@ def test_v2_response_json_and_binary():
     head = json.loads(body[:n])
     assert head["outputs"][0]["parameters"]["binary_data_size"] == 24
     assert np.array_equal(np.frombuffer(body[n:], dtype="<f4").reshape(2, 3), emb)
+
+
+def test_placement_resources_and_autoscaling_reach_the_deployment_options():
+    from service.serving.app import _variant_options
+
+    fixed = _variant_options(VariantConfig(num_cpus=2, resources={"pruned_pool": 0.01}), retry_after_s=1)
+    assert fixed["num_replicas"] == 1 and "autoscaling_config" not in fixed
+    assert fixed["ray_actor_options"] == {"num_cpus": 2.0, "num_gpus": 0.0, "resources": {"pruned_pool": 0.01}}
+    scaled = _variant_options(VariantConfig(num_replicas=2, max_replicas=8, target_ongoing_requests=4), 1)
+    assert "num_replicas" not in scaled and "resources" not in scaled["ray_actor_options"]
+    assert scaled["autoscaling_config"] == {"min_replicas": 2, "initial_replicas": 2, "max_replicas": 8,
+                                            "target_ongoing_requests": 4.0}
+
+
+def test_replica_range_and_resources_are_checked_in_words():
+    with pytest.raises(ValidationError, match=r"max_replicas \(1\) is below num_replicas \(2\)"):
+        VariantConfig(num_replicas=2, max_replicas=1)
+    with pytest.raises(ValidationError):
+        VariantConfig(resources={"dense_pool": 0})
