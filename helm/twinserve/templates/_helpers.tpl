@@ -1,0 +1,152 @@
+{{/* Names and labels. */}}
+{{- define "twinserve.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "twinserve.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "twinserve.labels" -}}
+{{ include "twinserve.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "twinserve.image" -}}
+{{ printf "%s:%s" .Values.image.repository .Values.image.tag }}
+{{- end -}}
+
+{{- define "twinserve.claimName" -}}
+{{ .Values.artifacts.existingClaim | default (printf "%s-artifacts" (include "twinserve.fullname" .)) }}
+{{- end -}}
+
+{{/* The directory the replicas load: mountPath/serveName (serveName defaults to name). */}}
+{{- define "twinserve.servedArtifactDir" -}}
+{{ printf "%s/%s" (.Values.artifacts.mountPath | trimSuffix "/") (.Values.artifacts.serveName | default .Values.artifacts.name) }}
+{{- end -}}
+
+{{/*
+serveConfigV2: the Ray Serve config (ServeDeploySchema) built from .Values.serve, .Values.routing,
+.Values.gpu and .Values.placement. With deploy/local-values.yaml it is deploy/serve_config.yaml.
+*/}}
+{{- define "twinserve.serveConfig" -}}
+{{- $args := deepCopy .Values.serve.args -}}
+{{- $_ := set $args "artifact_dir" (include "twinserve.servedArtifactDir" .) -}}
+{{- if .Values.gpu.enabled -}}
+{{- $_ := set $args.dense "num_gpus" .Values.gpu.perReplica -}}
+{{- end -}}
+{{- if .Values.placement.enabled -}}
+{{- $_ := set $args.dense "resources" (dict .Values.placement.denseResource .Values.placement.perReplica) -}}
+{{- $_ := set $args.pruned "resources" (dict .Values.placement.prunedResource .Values.placement.perReplica) -}}
+{{- end -}}
+{{- $routing := dict "weights" (dict "dense" .Values.routing.weights.dense "pruned" .Values.routing.weights.pruned) "shadow_fraction" .Values.routing.shadowFraction -}}
+{{- $app := dict "name" "twinserve" "route_prefix" "/" "import_path" "service.serving.app:build_app" "args" $args "deployments" (list (dict "name" "Router" "user_config" $routing)) -}}
+{{- $http := dict "host" "0.0.0.0" "port" .Values.serve.httpPort "request_timeout_s" .Values.serve.requestTimeoutS -}}
+{{- toYaml (dict "proxy_location" .Values.serve.proxyLocation "http_options" $http "applications" (list $app)) -}}
+{{- end -}}
+
+{{/* Ray's rayStartParams `resources`: a quoted JSON object, as KubeRay passes it to `ray start`. */}}
+{{- define "twinserve.rayResources" -}}
+{{- printf "'%s'" (toJson .) -}}
+{{- end -}}
+
+{{/* Volumes and mounts every Ray container shares: artifacts (read-only), /tmp, /dev/shm. */}}
+{{- define "twinserve.rayVolumes" -}}
+- name: artifacts
+  persistentVolumeClaim:
+    claimName: {{ include "twinserve.claimName" . }}
+    readOnly: true
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .Values.tmpSizeLimit }}
+- name: dshm
+  emptyDir:
+    medium: Memory
+    sizeLimit: {{ .Values.shmSizeLimit }}
+{{- end -}}
+
+{{- define "twinserve.rayMounts" -}}
+- name: artifacts
+  mountPath: {{ .Values.artifacts.mountPath }}
+  readOnly: true
+- name: tmp
+  mountPath: /tmp
+- name: dshm
+  mountPath: /dev/shm
+{{- end -}}
+
+{{- define "twinserve.env" -}}
+- name: TWINSERVE_ARTIFACTS_ROOT
+  value: {{ .Values.artifacts.mountPath | quote }}
+- name: HOME
+  value: /tmp
+{{- if .Values.adminToken.existingSecret }}
+- name: TWINSERVE_ADMIN_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.adminToken.existingSecret }}
+      key: token
+{{- end }}
+{{- end -}}
+
+{{/* Workers wait until the pruning job has published the artifacts they load. */}}
+{{- define "twinserve.waitForArtifacts" -}}
+- name: wait-for-artifacts
+  image: {{ include "twinserve.image" . }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  command: ["/bin/sh", "-c"]
+  args:
+    - >-
+      until [ -f {{ include "twinserve.servedArtifactDir" . }}/manifest.json ]; do
+      echo "waiting for {{ include "twinserve.servedArtifactDir" . }}/manifest.json (the prune Job)"; sleep 10; done
+  resources:
+    requests: {cpu: 10m, memory: 16Mi}
+    limits: {cpu: 100m, memory: 64Mi}
+  securityContext:
+    {{- toYaml .Values.containerSecurityContext | nindent 4 }}
+  volumeMounts:
+    - name: artifacts
+      mountPath: {{ .Values.artifacts.mountPath }}
+      readOnly: true
+{{- end -}}
+
+{{/* The Ray container of a group: image, ports, env, resources, security, mounts. */}}
+{{- define "twinserve.rayContainer" -}}
+{{- $ := .root -}}
+- name: {{ .name }}
+  image: {{ include "twinserve.image" $ }}
+  imagePullPolicy: {{ $.Values.image.pullPolicy }}
+  ports:
+    {{- if .head }}
+    - {name: gcs, containerPort: 6379}
+    - {name: dashboard, containerPort: 8265}
+    - {name: client, containerPort: 10001}
+    {{- end }}
+    - {name: serve, containerPort: {{ $.Values.serve.httpPort }}}
+    - {name: metrics, containerPort: {{ $.Values.metricsPort }}}
+  env:
+    {{- include "twinserve.env" $ | nindent 4 }}
+  resources:
+    {{- toYaml .resources | nindent 4 }}
+  securityContext:
+    {{- toYaml $.Values.containerSecurityContext | nindent 4 }}
+  volumeMounts:
+    {{- include "twinserve.rayMounts" $ | nindent 4 }}
+{{- end -}}
+
+{{- define "twinserve.podSpecCommon" -}}
+automountServiceAccountToken: false
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
