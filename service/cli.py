@@ -260,7 +260,8 @@ def _cmd_serve(args: argparse.Namespace) -> None:
 
     # Logical CPUs are reservations: never fewer than the application asks for, even on 2 cores.
     wanted = cfg.dense.num_cpus + cfg.pruned.num_cpus + cfg.router.num_cpus
-    ray.init(num_cpus=max(os.cpu_count() or 1, int(wanted + 0.999)), include_dashboard=False)
+    ray.init(num_cpus=max(os.cpu_count() or 1, int(wanted + 0.999)), include_dashboard=False,
+             _metrics_export_port=args.metrics_port)
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
         serve.run(build_app(cfg), name="twinserve", route_prefix="/")
@@ -350,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--shadow-fraction", type=_weight, default=0.0,
                     help="fraction of requests also sent to the other variant in the background, [0, 1]")
     se.add_argument("--dense-gpus", type=float, default=0.0, help="GPUs for the dense replica (1 on a GPU host)")
+    se.add_argument("--metrics-port", type=int, help="Ray's Prometheus metrics port (default: one Ray picks; "
+                                                     "the container image uses 8080)")
     se.set_defaults(func=_cmd_serve)
     return p
 

@@ -12,7 +12,7 @@ def test_serve_help_says_what_it_does(capsys):
         build_parser().parse_args(["serve", "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    assert "/v1/embeddings" in out and "--dense-weight" in out and "fast" in out
+    assert "/v1/embeddings" in out and "--dense-weight" in out and "fast" in out and "--metrics-port" in out
 
 
 def test_serve_refuses_a_missing_explicit_artifact_dir_before_starting_ray(tmp_path, capsys):
