@@ -212,3 +212,13 @@ def test_prices_configmap_is_deploy_prices_yaml(tmp_path):
     (cm,) = [d for d in render() if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-prices")]
     (tmp_path / "prices.yaml").write_text(cm["data"]["prices.yaml"])
     assert load_prices(tmp_path / "prices.yaml") == load_prices(ROOT / "deploy" / "prices.yaml")
+
+
+def test_rolling_artifacts_or_weights_changes_only_serve_config_v2():
+    """KubeRay applies a serveConfigV2 change to the running cluster; a rayClusterConfig change builds a new one."""
+    before = rayservice(render())["spec"]
+    for values in ({"artifacts": {"serveName": "minilm-v2"}},
+                   {"routing": {"weights": {"dense": 0.9, "pruned": 0.1}, "shadowFraction": 0.1}}):
+        after = rayservice(render(values))["spec"]
+        assert after["rayClusterConfig"] == before["rayClusterConfig"], values
+        assert after["serveConfigV2"] != before["serveConfigV2"], values

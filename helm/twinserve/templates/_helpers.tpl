@@ -96,7 +96,11 @@ serveConfigV2: the Ray Serve config (ServeDeploySchema) built from .Values.serve
 {{- end }}
 {{- end -}}
 
-{{/* Workers wait until the pruning job has published the artifacts they load. */}}
+{{/*
+Workers wait until the pruning job has published artifacts. The pod template names no artifact
+directory, so moving the served directory (artifacts.serveName) changes only serveConfigV2, which
+KubeRay applies to the running cluster in place instead of building a new one.
+*/}}
 {{- define "twinserve.waitForArtifacts" -}}
 - name: wait-for-artifacts
   image: {{ include "twinserve.image" . }}
@@ -104,8 +108,8 @@ serveConfigV2: the Ray Serve config (ServeDeploySchema) built from .Values.serve
   command: ["/bin/sh", "-c"]
   args:
     - >-
-      until [ -f {{ include "twinserve.servedArtifactDir" . }}/manifest.json ]; do
-      echo "waiting for {{ include "twinserve.servedArtifactDir" . }}/manifest.json (the prune Job)"; sleep 10; done
+      until ls {{ .Values.artifacts.mountPath | trimSuffix "/" }}/*/manifest.json >/dev/null 2>&1; do
+      echo "waiting for the prune Job to publish artifacts under {{ .Values.artifacts.mountPath }}"; sleep 10; done
   resources:
     requests: {cpu: 10m, memory: 16Mi}
     limits: {cpu: 100m, memory: 64Mi}
