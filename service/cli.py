@@ -133,10 +133,23 @@ def _cmd_report(args: argparse.Namespace) -> None:
     from pydantic import ValidationError
 
     from service.cost.prices import PriceError
-    from service.cost.report import ReportConfig, ReportError, build_report, write_report
+    from service.cost.report import (
+        ReportConfig,
+        ReportError,
+        build_report,
+        dense_share_from_serve_config,
+        write_report,
+    )
 
     try:
-        config = ReportConfig(utilisation=args.utilisation, dense_share=args.dense_share,
+        dense_share, source = args.dense_share, "--dense-share"
+        if dense_share is None:
+            if args.serve_config.is_file():
+                dense_share = dense_share_from_serve_config(args.serve_config)
+                source = f"{args.serve_config} (Router user_config)"
+            else:
+                dense_share, source = 0.5, f"the default ({args.serve_config} not found)"
+        config = ReportConfig(utilisation=args.utilisation, dense_share=dense_share, dense_share_source=source,
                               dense_instance=args.dense_instance, pruned_instance=args.pruned_instance,
                               traffic_max_rps=args.traffic_max_rps, shadow_window=args.shadow_window)
         report, data = build_report(loadtests=args.loadtest, prices=args.prices, bench=args.bench,
@@ -199,7 +212,11 @@ def _add_cost_commands(sub) -> None:
     rp.add_argument("--prometheus-url", help="e.g. http://127.0.0.1:9090, for live shadow agreement")
     rp.add_argument("--shadow-window", default="1h", help="PromQL range for live shadow agreement")
     rp.add_argument("--utilisation", "-u", type=float, default=0.7, help="target utilisation u, (0, 1]")
-    rp.add_argument("--dense-share", type=float, default=0.5, help="share of traffic routed to dense in the A/B split")
+    rp.add_argument("--dense-share", type=float,
+                    help="share of traffic routed to dense in the A/B split (default: the Router's weights in "
+                         "--serve-config)")
+    rp.add_argument("--serve-config", type=Path, default=Path("deploy") / "serve_config.yaml",
+                    help="Ray Serve config whose Router user_config weights give the A/B split")
     rp.add_argument("--dense-instance", help="instance type for the dense fleet (default: cheapest $/1M)")
     rp.add_argument("--pruned-instance", help="instance type for the pruned fleet (default: cheapest $/1M)")
     rp.add_argument("--traffic-max-rps", type=float, help="right end of the fleet-cost plot")
