@@ -9,7 +9,7 @@ APT_PACKAGES := wordnet-base prometheus
 MODEL_NAME := all-MiniLM-L6-v2
 ARTIFACTS := artifacts/$(MODEL_NAME)
 
-.PHONY: setup system-packages run prune bench test test-unit clean
+.PHONY: setup system-packages run prune bench demo test test-unit clean
 
 setup: system-packages $(STAMP)
 
@@ -48,6 +48,11 @@ run: setup $(ARTIFACTS)/manifest.json
 	else \
 	  echo "artifacts are ready in $(ARTIFACTS); serving (twinserve serve) is not built yet"; \
 	fi
+
+# End to end on this machine: prune (cached; `fast` unless PRESET=...), serve in the background,
+# Prometheus, a Locust sweep of both variants, the cost report (results/demo/report/report.html).
+demo: setup
+	$(VENV)/bin/twinserve demo $(if $(PRESET),--preset $(PRESET))
 
 test: setup
 	$(PY) -m pytest tests

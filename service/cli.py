@@ -133,10 +133,23 @@ def _cmd_report(args: argparse.Namespace) -> None:
     from pydantic import ValidationError
 
     from service.cost.prices import PriceError
-    from service.cost.report import ReportConfig, ReportError, build_report, write_report
+    from service.cost.report import (
+        ReportConfig,
+        ReportError,
+        build_report,
+        dense_share_from_serve_config,
+        write_report,
+    )
 
     try:
-        config = ReportConfig(utilisation=args.utilisation, dense_share=args.dense_share,
+        dense_share, source = args.dense_share, "--dense-share"
+        if dense_share is None:
+            if args.serve_config.is_file():
+                dense_share = dense_share_from_serve_config(args.serve_config)
+                source = f"{args.serve_config} (Router user_config)"
+            else:
+                dense_share, source = 0.5, f"the default ({args.serve_config} not found)"
+        config = ReportConfig(utilisation=args.utilisation, dense_share=dense_share, dense_share_source=source,
                               dense_instance=args.dense_instance, pruned_instance=args.pruned_instance,
                               traffic_max_rps=args.traffic_max_rps, shadow_window=args.shadow_window)
         report, data = build_report(loadtests=args.loadtest, prices=args.prices, bench=args.bench,
@@ -199,7 +212,11 @@ def _add_cost_commands(sub) -> None:
     rp.add_argument("--prometheus-url", help="e.g. http://127.0.0.1:9090, for live shadow agreement")
     rp.add_argument("--shadow-window", default="1h", help="PromQL range for live shadow agreement")
     rp.add_argument("--utilisation", "-u", type=float, default=0.7, help="target utilisation u, (0, 1]")
-    rp.add_argument("--dense-share", type=float, default=0.5, help="share of traffic routed to dense in the A/B split")
+    rp.add_argument("--dense-share", type=float,
+                    help="share of traffic routed to dense in the A/B split (default: the Router's weights in "
+                         "--serve-config)")
+    rp.add_argument("--serve-config", type=Path, default=Path("deploy") / "serve_config.yaml",
+                    help="Ray Serve config whose Router user_config weights give the A/B split")
     rp.add_argument("--dense-instance", help="instance type for the dense fleet (default: cheapest $/1M)")
     rp.add_argument("--pruned-instance", help="instance type for the pruned fleet (default: cheapest $/1M)")
     rp.add_argument("--traffic-max-rps", type=float, help="right end of the fleet-cost plot")
@@ -273,6 +290,9 @@ def _cmd_serve(args: argparse.Namespace) -> None:
               f"       -d '{{\"input\": [\"hello world\"], \"model\": \"twinserve\"}}' -D - | head -c 600\n")
         print(f"  models: twinserve (routed), twinserve-dense, twinserve-pruned; v2 API under {url}/v2; "
               f"docs at {url}/docs")
+        if args.metrics_port:
+            print(f"  metrics (Prometheus text) at http://127.0.0.1:{args.metrics_port}/metrics; "
+                  "scrape it with deploy/prometheus.yml")
         if not os.environ.get("TWINSERVE_ADMIN_TOKEN"):
             print("  admin endpoint disabled: set TWINSERVE_ADMIN_TOKEN to change weights with PUT /admin/routing")
         sys.stdout.flush()
@@ -288,6 +308,22 @@ def _cmd_serve(args: argparse.Namespace) -> None:
             ray.shutdown()
             signal.signal(signal.SIGINT, signal.default_int_handler)
     print("twinserve serve: stopped")
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from pydantic import ValidationError
+
+    from service.cost.loadtest import LoadTestError
+    from service.cost.prices import PriceError
+    from service.cost.report import ReportError
+    from service.demo import DEMO_RATES_RPS, DemoError, run_demo
+
+    try:
+        run_demo(out_dir=args.out_dir, artifacts=args.artifacts, preset_name=args.preset,
+                 rates_rps=args.rates or DEMO_RATES_RPS, step_duration_s=args.step_s, warmup_s=args.warmup_s,
+                 prices=args.prices, say=lambda line: print(line, flush=True))
+    except (DemoError, LoadTestError, ReportError, PriceError, ValidationError) as e:
+        raise CliError(_one_line(e)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -351,9 +387,29 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--shadow-fraction", type=_weight, default=0.0,
                     help="fraction of requests also sent to the other variant in the background, [0, 1]")
     se.add_argument("--dense-gpus", type=float, default=0.0, help="GPUs for the dense replica (1 on a GPU host)")
-    se.add_argument("--metrics-port", type=int, help="Ray's Prometheus metrics port (default: one Ray picks; "
-                                                     "the container image uses 8080)")
+    se.add_argument("--metrics-port", type=int,
+                    help="Ray's metrics export port, for Prometheus (deploy/prometheus.yml expects 8080); "
+                         "default: a port Ray picks")
     se.set_defaults(func=_cmd_serve)
+
+    de = sub.add_parser(
+        "demo", help="prune (cached), serve, Prometheus, load-test both variants, report (writes results/demo/)",
+        description="End to end on this machine: build the artifacts with the `fast` preset unless --preset is "
+                    "given (reused when already built), start `twinserve serve` in the background and Prometheus "
+                    "(deploy/prometheus.yml) beside it, sweep both variants with Locust in short steps, send a "
+                    "short shadowed burst, and write the cost report. Writes results/demo/: loadtest.json, "
+                    "serve.log, prometheus/, report/ (report.html, report.md, report.json, PNGs). Stops the "
+                    "server and Prometheus at the end, on failure and on Ctrl-C. About 5-15 minutes on 2 cores "
+                    "once the artifacts exist.")
+    de.add_argument("--preset", choices=["fast", "default", "aggressive"],
+                    help="pruning preset (default: reuse existing artifacts, else build `fast`)")
+    de.add_argument("--artifacts", type=Path, help="artifact directory (default: artifacts/all-MiniLM-L6-v2)")
+    de.add_argument("--rates", type=float, nargs="+", help="offered req/s per step (default: 2 4 8 16)")
+    de.add_argument("--step-s", type=float, default=12.0, help="seconds per step, warm-up included")
+    de.add_argument("--warmup-s", type=float, default=3.0, help="seconds at the start of each step not measured")
+    de.add_argument("--prices", type=Path, default=Path("deploy") / "prices.yaml")
+    de.add_argument("--out-dir", type=Path, default=Path("results") / "demo")
+    de.set_defaults(func=_cmd_demo)
     return p
 
 

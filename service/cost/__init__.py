@@ -1,7 +1,8 @@
 """Cost per request: prices, capacity (load tests), cost maths and the report.
 
-Public surface: the price catalog, the load-test result types and sweep, the cost maths and
-the report builder. Plot and document helpers are private (``_plots``, ``_doc``).
+Public surface: the price catalog, the load-test result types and sweep, the cost maths, the
+report builder, and a Prometheus server for tests and the demo. Plot and document helpers are
+private (``_plots``, ``_doc``).
 """
 
 from service.cost.capacity import CapacityCell, capacity_cells
@@ -23,6 +24,7 @@ from service.cost.model import (
     split_fleet,
     usd_per_million,
 )
+from service.cost.prometheus import PrometheusError, PrometheusServer
 from service.cost.prices import InstancePrice, PriceCatalog, PriceError, load_prices
 from service.cost.report import Report, ReportConfig, ReportError, build_report, write_report
 
@@ -35,6 +37,8 @@ __all__ = [
     "Offer",
     "PriceCatalog",
     "PriceError",
+    "PrometheusError",
+    "PrometheusServer",
     "Report",
     "ReportConfig",
     "ReportError",

@@ -33,6 +33,7 @@ __all__ = [
     "ReportConfig",
     "ReportError",
     "build_report",
+    "dense_share_from_serve_config",
     "query_shadow_agreement",
     "write_report",
 ]
@@ -52,6 +53,8 @@ class _Strict(BaseModel):
 class ReportConfig(_Strict):
     utilisation: float = Field(0.7, gt=0, le=1, description="target utilisation u of each instance")
     dense_share: float = Field(0.5, ge=0, le=1, description="share of routed traffic sent to dense in the A/B split")
+    dense_share_source: str | None = Field(
+        None, description="where dense_share came from (e.g. the serving config), shown in the report's notes")
     dense_instance: str | None = Field(None, description="instance for the dense fleet (default: cheapest $/1M)")
     pruned_instance: str | None = Field(None, description="instance for the pruned fleet (default: cheapest $/1M)")
     traffic_max_rps: float | None = Field(None, gt=0, description="right end of the fleet-cost plot, req/s")
@@ -241,6 +244,38 @@ def query_shadow_agreement(prometheus_url: str, *, metric: str = DEFAULT_SHADOW_
     return out
 
 
+def dense_share_from_serve_config(path: str | Path) -> float:
+    """The dense routing weight of a Ray Serve config (``deploy/serve_config.yaml``).
+
+    The Router deployment's ``user_config`` wins, as it does when the config is deployed; without one,
+    the application's ``args.routing``; without either, the serving default.
+    """
+    import yaml
+
+    from service.serving.config import RoutingConfig
+
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ReportError(f"serving config {path} not found; pass --dense-share instead") from None
+    except yaml.YAMLError as e:
+        raise ReportError(f"{path} is not YAML: {e}") from None
+    apps = [a for a in (doc or {}).get("applications") or [] if isinstance(a, dict)]
+    ours = [a for a in apps if str(a.get("import_path", "")).startswith("service.serving.app:")] or apps
+    if not ours:
+        raise ReportError(f"{path} has no applications; pass --dense-share instead")
+    app = ours[0]
+    routing = next((d.get("user_config") for d in app.get("deployments") or []
+                    if d.get("name") == "Router" and d.get("user_config") is not None), None)
+    if routing is None:
+        routing = (app.get("args") or {}).get("routing") or {}
+    try:
+        return RoutingConfig.model_validate(routing).weights.dense
+    except ValidationError as e:
+        raise ReportError(f"{path}: the Router's routing config is invalid: {e}") from None
+
+
 # --------------------------------------------------------------------------- building
 
 
@@ -419,6 +454,8 @@ def build_report(
 
     cells = capacity_cells(found, catalog.instances, [v for v in VARIANTS if v in variants], config.utilisation)
     fleet, plot_data = _fleet(cells, config)
+    if fleet is not None and config.dense_share_source:
+        notes.append(f"A/B split: dense share {config.dense_share:g} from {config.dense_share_source}")
     if fleet is None:
         notes.append("fleet cost and crossover need a capacity figure for both variants; missing: "
                      + ", ".join(plot_data["missing"]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -50,12 +51,21 @@ class _VariantDeployment:
         self.dim = int(self.backend.embed(["dimension probe"]).shape[1])
         self._metrics = serving_metrics()
         if config.price_usd_per_hour is not None:
-            self._metrics.price.set(config.price_usd_per_hour, tags={"variant": self.variant})
+            # Re-set every second: Ray's metrics agent drops a gauge series that has not been recorded
+            # for two report intervals, so a price set once at start vanished from long-lived replicas.
+            threading.Thread(target=self._keep_price_gauge, args=(config.price_usd_per_hour,),
+                             name=f"twinserve-{self.variant}-price-gauge", daemon=True).start()
         log.info("twinserve %s variant ready: %s on %s (%s), dim %d, %d threads, batches of up to %d texts "
                  "waiting %.1f ms", self.variant, self.platform, self.backend.device, self.backend.precision,
                  self.dim, self.backend.threads, config.max_batch_size, config.batch_wait_timeout_s * 1e3)
 
     platform: str
+
+    def _keep_price_gauge(self, price_usd_per_hour: float, every_s: float = 1.0) -> None:
+        tags = {"variant": self.variant}
+        while True:
+            self._metrics.price.set(price_usd_per_hour, tags=tags)
+            time.sleep(every_s)
 
     def _make_backend(self, artifact_dir: Path, threads: int) -> Backend:
         raise NotImplementedError

@@ -3,7 +3,8 @@
 The application is deployed from deploy/serve_config.yaml (artifact directory, ports and CPU
 reservations replaced for the test) through the controller's `deploy_apps`, the call behind
 `serve run config.yaml` and `serve deploy`; so a change of the Router's user_config is the same
-in-place reconfigure production gets.
+in-place reconfigure production gets. Ray's metrics export port is fixed per session
+(``ServeApp.metrics_port``) and its report interval lowered to 1 s, for the Prometheus test.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "integration-test-token"
 INITIAL_WEIGHTS = {"dense": 0.3, "pruned": 0.7}
+# Exported as ray_twinserve_instance_price_usd_per_hour{variant}; the Prometheus test reads them back.
+PRICES_USD_PER_HOUR = {"dense": 1.006, "pruned": 0.17}
+# Ray exports custom metrics every metrics_report_interval_ms (default 10 s); 1 s keeps the
+# Prometheus test short. A Ray system config, scoped to the session's Ray instance.
+METRICS_REPORT_INTERVAL_MS = 1000
 
 
 DEPLOY_TIMEOUT_S = 300  # a loaded 2-core machine can take minutes to start replicas
@@ -63,6 +69,7 @@ class ServeApp:
     http: httpx.Client
     config: dict  # the ServeDeploySchema as a dict, as last deployed
     artifact_dir: Path
+    metrics_port: int  # Ray's metrics export port (Prometheus text format at /metrics)
 
     @property
     def admin(self) -> dict[str, str]:
@@ -85,13 +92,14 @@ class ServeApp:
 def serve_app(tiny_artifacts) -> ServeApp:
     import ray
     from ray import serve
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     cfg = yaml.safe_load((ROOT / "deploy" / "serve_config.yaml").read_text())
     cfg["http_options"].update(host="127.0.0.1", port=port)
     app = cfg["applications"][0]
     app["args"]["artifact_dir"] = str(tiny_artifacts)
     for name in ("dense", "pruned"):
         app["args"][name]["num_cpus"] = 0.5
+        app["args"][name]["price_usd_per_hour"] = PRICES_USD_PER_HOUR[name]
     app["deployments"][0]["user_config"] = {"weights": dict(INITIAL_WEIGHTS), "shadow_fraction": 0.0}
 
     saved = {k: os.environ.get(k) for k in ("TWINSERVE_ADMIN_TOKEN", "PYTHONPATH")}
@@ -99,7 +107,9 @@ def serve_app(tiny_artifacts) -> ServeApp:
     os.environ["TWINSERVE_ADMIN_TOKEN"] = ADMIN_TOKEN
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), saved["PYTHONPATH"]) if p)
     # Logical CPUs: reservations only; the machine has 2 cores, shared.
-    ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             _metrics_export_port=metrics_port,
+             _system_config={"metrics_report_interval_ms": METRICS_REPORT_INTERVAL_MS})
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         deploy_and_wait(cfg)
@@ -109,7 +119,7 @@ def serve_app(tiny_artifacts) -> ServeApp:
             while http.get("/v2/health/ready").status_code != 200:
                 assert time.monotonic() < deadline, "twinserve did not become ready in 60 s"
                 time.sleep(0.2)
-            yield ServeApp(url, http, cfg, Path(tiny_artifacts))
+            yield ServeApp(url, http, cfg, Path(tiny_artifacts), metrics_port)
     finally:
         try:
             serve.shutdown()

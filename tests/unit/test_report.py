@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 
 from service.bench import BenchCell, BenchResult
@@ -234,3 +235,47 @@ def test_cli_report_writes_and_says_where(tmp_path, capsys):
     assert main(["report", "--loadtest", str(tmp_path / "none.json"), "--out-dir", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("twinserve report: error:") and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_dense_share_from_the_serving_config(tmp_path):
+    from service.cost.report import dense_share_from_serve_config
+
+    shipped = yaml.safe_load((REPO / "deploy" / "serve_config.yaml").read_text())
+    (router,) = [d for d in shipped["applications"][0]["deployments"] if d["name"] == "Router"]
+    want = router["user_config"]["weights"]["dense"]
+    assert dense_share_from_serve_config(REPO / "deploy" / "serve_config.yaml") == want
+
+    router["user_config"]["weights"] = {"dense": 0.2, "pruned": 0.8}
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(shipped))
+    assert dense_share_from_serve_config(tmp_path / "a.yaml") == 0.2
+    # without a user_config, the application's args.routing; without either, the serving default
+    del router["user_config"]
+    shipped["applications"][0]["args"]["routing"] = {"weights": {"dense": 0.9, "pruned": 0.1}}
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(shipped))
+    assert dense_share_from_serve_config(tmp_path / "b.yaml") == 0.9
+    del shipped["applications"][0]["args"]["routing"]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(shipped))
+    assert dense_share_from_serve_config(tmp_path / "c.yaml") == 0.5
+
+    router["user_config"] = {"weights": {"dense": 0.7, "pruned": 0.7}}
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump(shipped))
+    with pytest.raises(ReportError, match="weights must sum to 1.0"):
+        dense_share_from_serve_config(tmp_path / "d.yaml")
+    with pytest.raises(ReportError, match="not found"):
+        dense_share_from_serve_config(tmp_path / "missing.yaml")
+
+
+def test_cli_report_takes_the_split_from_the_serving_config(tmp_path):
+    lt = _result(tmp_path, "lt.json", CPU_BOX, CPU_SPECS)
+    cfg = yaml.safe_load((REPO / "deploy" / "serve_config.yaml").read_text())
+    cfg["applications"][0]["deployments"][0]["user_config"]["weights"] = {"dense": 0.25, "pruned": 0.75}
+    (tmp_path / "serve.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "rep"
+    assert main(["report", "--loadtest", str(lt), "--out-dir", str(out), "--serve-config",
+                 str(tmp_path / "serve.yaml")]) == 0
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["fleet"]["dense_share"] == 0.25
+    assert any("dense share 0.25 from" in n and "serve.yaml" in n for n in doc["notes"])
+    assert main(["report", "--loadtest", str(lt), "--out-dir", str(out), "--serve-config",
+                 str(tmp_path / "serve.yaml"), "--dense-share", "0.6"]) == 0
+    assert json.loads((out / "report.json").read_text())["fleet"]["dense_share"] == 0.6
