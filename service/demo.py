@@ -23,6 +23,8 @@ from pathlib import Path
 
 import httpx
 
+from service._net import free_port
+
 __all__ = ["DEMO_RATES_RPS", "DemoError", "run_demo"]
 
 DEMO_RATES_RPS = (2.0, 4.0, 8.0, 16.0)
@@ -33,14 +35,6 @@ METRICS_REPORT_INTERVAL_MS = 2000  # Ray's default is 10 s; the demo is short
 
 class DemoError(RuntimeError):
     """A step of the demo failed; the message names the step and where its log is."""
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _artifacts(art: Path | None, preset_name: str | None, say: Callable[[str], None]) -> Path:
@@ -186,7 +180,7 @@ def run_demo(
     plan = SweepPlan(rates_rps=list(rates_rps), step_duration_s=step_duration_s, warmup_s=warmup_s,
                      arrival="constant", stop_after_saturated_steps=2)
 
-    port, metrics_port, token = _free_port(), _free_port(), secrets.token_urlsafe(16)
+    port, metrics_port, token = free_port(), free_port(), secrets.token_urlsafe(16)
     say(f"[2/5] serving: twinserve serve --port {port} --metrics-port {metrics_port} (log {out_dir / 'serve.log'})")
     server = _Server(art, port, metrics_port, out_dir / "serve.log", token)
     prom = None

@@ -17,7 +17,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -27,6 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
+
+from service._net import free_port
 
 __all__ = ["DEFAULT_CONFIG", "PrometheusError", "PrometheusServer", "prometheus_config"]
 
@@ -56,10 +57,6 @@ def prometheus_config(targets: Sequence[str], *, template: Path = DEFAULT_CONFIG
     return cfg
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PrometheusServer:
@@ -82,7 +79,7 @@ class PrometheusServer:
         config_path = data_dir / "prometheus.yml"
         config_path.write_text(yaml.safe_dump(
             prometheus_config(targets, template=template, scrape_interval_s=scrape_interval_s), sort_keys=False))
-        port = port or _free_port()
+        port = port or free_port()
         log_path = data_dir / "prometheus.log"
         cmd = [exe, f"--config.file={config_path}", f"--storage.tsdb.path={data_dir / 'tsdb'}",
                f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=1d",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import os
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+
+from service._net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "integration-test-token"
@@ -57,10 +58,6 @@ def deploy_and_wait(config: dict, timeout_s: float = DEPLOY_TIMEOUT_S) -> None:
     client.wait_for_proxies_serving(wait_for_applications_running=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

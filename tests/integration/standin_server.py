@@ -9,13 +9,14 @@ time with a small fixed service time, so it saturates like a real single-worker 
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+
+from service._net import free_port
 
 SERVICE_TIME_S = {"dense": 0.004, "pruned": 0.002}
 
@@ -45,10 +46,6 @@ def make_app() -> FastAPI:
     return app
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class StandinServer:
