@@ -360,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--out", type=Path, help="JSON output (default: results/bench.json)")
     be.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
     be.add_argument("--tokens", type=int, nargs="+", default=[16, 32, 128])
-    be.add_argument("--runs", type=int, default=20)
+    be.add_argument("--runs", type=int, default=10, help="repetitions; each times a block of 3 back-to-back runs")
     be.add_argument("--threads", type=int)
     be.add_argument("--torch", action="store_true", help="also time the torch dense backend (CUDA when present)")
     be.set_defaults(func=_cmd_bench)
