@@ -80,9 +80,12 @@ def _cmd_bench(args: argparse.Namespace) -> None:
 
 
 def _cmd_frontier(args: argparse.Namespace) -> None:
-    from service.pruning.frontier import frontier_point, render_frontier
+    from service.pruning.frontier import measure_frontier, render_frontier
 
-    points = [frontier_point(Path(d).expanduser()) for d in args.artifacts]
+    try:
+        points = measure_frontier([Path(d).expanduser() for d in args.artifacts], runs=args.runs)
+    except ValueError as e:
+        raise CliError(str(e)) from None
     paths = render_frontier(points, args.out)
     print((args.out / "frontier.md").read_text())
     print("frontier written to " + ", ".join(str(p) for p in paths))
@@ -365,10 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--torch", action="store_true", help="also time the torch dense backend (CUDA when present)")
     be.set_defaults(func=_cmd_bench)
 
-    fr = sub.add_parser("frontier", help="speed/fidelity table and plot from several artifact directories "
-                                         "(writes results/frontier.{json,md,png})")
+    fr = sub.add_parser("frontier", help="speed/fidelity table and plot from several artifact directories: "
+                                         "fidelity from their manifests, speed measured now in one interleaved "
+                                         "run (writes results/frontier.{json,md,png})")
     fr.add_argument("artifacts", nargs="+", help="artifact directories built by `twinserve prune`")
     fr.add_argument("--out", type=Path, default=Path("results"), help="output directory (default: results)")
+    fr.add_argument("--runs", type=int, default=10, help="latency repetitions (blocks of 3 runs each)")
     fr.set_defaults(func=_cmd_frontier)
 
     _add_cost_commands(sub)

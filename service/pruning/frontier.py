@@ -1,8 +1,9 @@
 """The speed/fidelity frontier: several pruning configurations, each point measured.
 
-Each point's speed-up is the ratio of dense fp32 to the pruned variant's latency measured
-side by side in that point's own build (the manifest's latency table), so points built at
-different times stay comparable on a noisy shared machine.
+Fidelity comes from each point's manifest (held-out text, measured when it was built).
+Speed is measured now, for every point in one interleaved run against the dense fp32 graph
+(all points of one model share it), so the speed-ups are side by side on the same machine
+state rather than taken from builds made at different times.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from service.pruning.manifest import Manifest, load_manifest
+from service.pruning.manifest import Manifest
 
-__all__ = ["FrontierPoint", "frontier_point", "render_frontier"]
+__all__ = ["FrontierPoint", "measure_frontier", "render_frontier"]
 
 
 class FrontierPoint(BaseModel):
@@ -37,21 +38,44 @@ class FrontierPoint(BaseModel):
     hardware: str
 
 
-def frontier_point(artifact_dir: Path, label: str | None = None) -> FrontierPoint:
-    m: Manifest = load_manifest(artifact_dir)
-    lat = {(r.variant, r.batch, r.seq_len): r.median_ms for r in m.latency}
-    shipped = f"pruned-{m.pruned.precision}"
+CELLS = ((1, 128), (32, 128))
+
+
+def measure_frontier(artifact_dirs: list[Path], runs: int = 10, threads: int | None = None) -> list[FrontierPoint]:
+    """One interleaved latency run: the first directory's dense graph and every point's pruned graph."""
+    import os
+
+    from service.bench import hardware_description, interleaved_latency
+    from service.model.onnx_runtime import make_session, run_session
+    from service.pruning.manifest import verify_artifacts
+
+    threads = threads or os.cpu_count() or 1
+    labels = [d.name for d in artifact_dirs]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"artifact directories need distinct names, got {labels}")
+    manifests = {label: verify_artifacts(d) for label, d in zip(labels, artifact_dirs)}
+    sessions = {"dense": make_session(artifact_dirs[0] / manifests[labels[0]].dense.onnx_file, threads)}
+    sessions.update({label: make_session(d / manifests[label].pruned.onnx_file, threads)
+                     for label, d in zip(labels, artifact_dirs)})
+    rows = interleaved_latency({k: (lambda i, m, s=s: run_session(s, i, m)) for k, s in sessions.items()},
+                               CELLS, runs)
+    speedup = {(r.variant, r.batch): r.speedup_vs_dense for r in rows}
+    hardware = f"{hardware_description()}; ONNX Runtime CPU, {threads} threads"
+    return [frontier_point(manifests[label], label, speedup[(label, 1)], speedup[(label, 32)], hardware)
+            for label in labels]
+
+
+def frontier_point(m: Manifest, label: str, speedup_b1: float, speedup_b32: float, hardware: str) -> FrontierPoint:
     f = m.pruned.fidelity
     hist = m.schedule.get("history", [])
     return FrontierPoint(
-        label=label or artifact_dir.name, preset=str(m.config.get("preset")), criterion=m.criterion,
+        label=label, preset=str(m.config.get("preset")), criterion=m.criterion,
         precision=m.pruned.precision, heads=sum(x.heads for x in m.pruned.layers),
         ffn=sum(x.ffn for x in m.pruned.layers), layers=len(m.pruned.layers),
         distill_steps=sum(h.get("distill_steps", 0) for h in hist),
-        speedup_b1_t128=lat[("dense", 1, 128)] / lat[(shipped, 1, 128)],
-        speedup_b32_t128=lat[("dense", 32, 128)] / lat[(shipped, 32, 128)],
+        speedup_b1_t128=speedup_b1, speedup_b32_t128=speedup_b32,
         mean_cosine=f.mean_cosine, p5_cosine=f.p5_cosine, recall_at_10=f.recall_at_10,
-        build_minutes=m.build_seconds / 60, hardware=m.latency_hardware,
+        build_minutes=m.build_seconds / 60, hardware=hardware,
     )
 
 

@@ -184,3 +184,22 @@ def test_bench_writes_interleaved_json(tiny_artifacts, tmp_path):
         (v, b, s) for v in ("dense", "pruned", "dense-torch-cpu") for b in (1, 8) for s in (16, 32)}
     assert all(c.median_ms > 0 and c.runs == 2 * 3 for c in result.cells)  # 2 repetitions x blocks of 3
     assert all(c.speedup_vs_dense == pytest.approx(1.0) for c in result.cells if c.variant == "dense")
+
+
+def test_frontier_measures_points_side_by_side_and_plots(tiny_artifacts, tmp_path):
+    from PIL import Image
+
+    from service.pruning.frontier import FrontierPoint, measure_frontier, render_frontier
+
+    (point,) = measure_frontier([tiny_artifacts], runs=2, threads=1)
+    m = load_manifest(tiny_artifacts)
+    assert point.mean_cosine == m.pruned.fidelity.mean_cosine
+    assert point.heads == sum(x.heads for x in m.pruned.layers)
+    assert point.speedup_b1_t128 > 0 and point.speedup_b32_t128 > 0
+    js, md, png = render_frontier([point], tmp_path)
+    assert [FrontierPoint.model_validate(p) for p in json.loads(js.read_text())] == [point]
+    assert point.label in md.read_text()
+    with Image.open(png) as img:
+        assert img.format == "PNG" and img.size[0] > 100
+    with pytest.raises(ValueError, match="distinct names"):
+        measure_frontier([tiny_artifacts, tiny_artifacts], runs=1)
