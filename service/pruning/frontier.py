@@ -113,7 +113,7 @@ def render_frontier(points: list[FrontierPoint], out_dir: Path) -> tuple[Path, P
     ax.set_xlabel("speed-up vs dense fp32 (ONNX Runtime CPU, batch 1, 128 tokens)")
     ax.set_ylabel("mean cosine to dense (held-out everyday English)")
     ax.set_title("twinserve pruning frontier (grey: issue target, green: project goal)")
-    ax.legend(loc="lower left")
+    ax.legend(loc="center right")
     ax.grid(alpha=0.3)
     png = out_dir / "frontier.png"
     fig.tight_layout()
