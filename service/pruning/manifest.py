@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.model.encoder import LayerShape
+from service.model.config import LayerShape
 
 __all__ = [
     "ArtifactIntegrityError",

@@ -19,7 +19,7 @@ from service.model.tokenizer import TextTokenizer
 from service.pruning import job as job_module
 from service.pruning.export import export_onnx
 from service.pruning.manifest import ArtifactIntegrityError, Manifest, load_manifest, verify_artifacts
-from tests.conftest import TINY_PRUNE, make_tiny_model_dir
+from tests.conftest import TINY_PRUNE
 
 REQUIRED_FILES = {"manifest.json", "tokenizer.json", "dense.onnx", "pruned.onnx",
                   "dense/config.json", "dense/model.safetensors", "pruned/config.json", "pruned/model.safetensors"}
