@@ -20,6 +20,7 @@ import platform
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -140,7 +141,7 @@ def run_bench(
         "dense": make_session(artifact_dir / manifest.dense.onnx_file, threads),
         "pruned": make_session(artifact_dir / manifest.pruned.onnx_file, threads),
     }
-    variants: dict[str, Embed] = {k: (lambda i, m, s=s: run_session(s, i, m)) for k, s in sessions.items()}
+    variants: dict[str, Embed] = {k: partial(run_session, s) for k, s in sessions.items()}
     device = "cpu"
     if with_torch:
         from service.model.backends import TorchBackend

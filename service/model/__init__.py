@@ -1,0 +1,22 @@
+"""The model: architecture config, tokeniser, backends (load / embed / check_health), the torch encoder.
+
+The torch encoder is imported on first use, so ONNX-only processes never load torch.
+"""
+
+from service.model.config import EncoderConfig, LayerShape, ModelLoadError
+from service.model.tokenizer import Batch, TextTokenizer, TokenLimitError
+from service.model.backends import Backend, OnnxBackend, TorchBackend  # noqa: I001 - after tokenizer
+
+__all__ = [
+    "Backend", "Batch", "Encoder", "EncoderConfig", "LayerShape", "ModelLoadError", "OnnxBackend",
+    "TextTokenizer", "TokenLimitError", "TorchBackend", "load_encoder", "save_encoder",
+]
+_TORCH = {"Encoder", "load_encoder", "save_encoder"}
+
+
+def __getattr__(name: str):
+    if name in _TORCH:
+        from service.model import encoder
+
+        return getattr(encoder, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

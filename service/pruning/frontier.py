@@ -9,6 +9,7 @@ state rather than taken from builds made at different times.
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -57,8 +58,7 @@ def measure_frontier(artifact_dirs: list[Path], runs: int = 10, threads: int | N
     sessions = {"dense": make_session(artifact_dirs[0] / manifests[labels[0]].dense.onnx_file, threads)}
     sessions.update({label: make_session(d / manifests[label].pruned.onnx_file, threads)
                      for label, d in zip(labels, artifact_dirs)})
-    rows = interleaved_latency({k: (lambda i, m, s=s: run_session(s, i, m)) for k, s in sessions.items()},
-                               CELLS, runs)
+    rows = interleaved_latency({k: partial(run_session, s) for k, s in sessions.items()}, CELLS, runs)
     speedup = {(r.variant, r.batch): r.speedup_vs_dense for r in rows}
     hardware = f"{hardware_description()}; ONNX Runtime CPU, {threads} threads"
     return [frontier_point(manifests[label], label, speedup[(label, 1)], speedup[(label, 32)], hardware)

@@ -18,6 +18,7 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
+from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -152,8 +153,9 @@ def run_prune(
     if corpus.note:
         _say(f"note: {corpus.note}")
 
+    model_sha256 = _model_sha256(model_dir)
     fingerprint = hashlib.sha256(json.dumps({
-        "job": JOB_VERSION, "model": _model_sha256(model_dir), "corpus": corpus.sha256,
+        "job": JOB_VERSION, "model": model_sha256, "corpus": corpus.sha256,
         "config": cfg.model_dump(mode="json", exclude={"threads", "latency_runs"}),
     }, sort_keys=True).encode()).hexdigest()
     if not force and (out / "manifest.json").is_file():
@@ -169,8 +171,8 @@ def run_prune(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        manifest = _build(teacher, model_dir, tmp, cfg, corpus, fingerprint, preset_name, threads, t_start,
-                          name or out.name)
+        manifest = _build(teacher, model_dir, model_sha256, tmp, cfg, corpus, fingerprint, preset_name, threads,
+                          t_start, name or out.name)
         _publish(tmp, out, fingerprint)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -228,7 +230,8 @@ def _variant_info(model: Encoder, onnx_file: str, precision: str, fid=None) -> V
     )
 
 
-def _build(teacher, model_dir, tmp, cfg, corpus, fingerprint, preset_name, threads, t_start, name) -> Manifest:
+def _build(teacher, model_dir, model_sha256, tmp, cfg, corpus, fingerprint, preset_name, threads, t_start,
+           name) -> Manifest:
     for tok_file in TOKENIZER_FILES:
         if (model_dir / tok_file).is_file():
             shutil.copy2(model_dir / tok_file, tmp / tok_file)
@@ -260,13 +263,13 @@ def _build(teacher, model_dir, tmp, cfg, corpus, fingerprint, preset_name, threa
 
     _say("measuring CPU latency, variants interleaved")
     sessions = {k: make_session(p, threads) for k, p in onnx.items()}
-    rows = interleaved_latency({k: (lambda i, m, s=s: run_session(s, i, m)) for k, s in sessions.items()},
-                               LATENCY_CELLS, cfg.latency_runs)
+    rows = interleaved_latency({k: partial(run_session, s) for k, s in sessions.items()}, LATENCY_CELLS,
+                               cfg.latency_runs)
     shutil.rmtree(scratch)
 
     manifest = Manifest(
         name=name, created_at=datetime.now(timezone.utc), fingerprint=fingerprint,
-        source_model=str(model_dir), source_model_sha256=_model_sha256(model_dir), max_tokens=MAX_TOKENS,
+        source_model=str(model_dir), source_model_sha256=model_sha256, max_tokens=MAX_TOKENS,
         criterion=cfg.criterion,
         schedule={"kind": "cubic (Zhu & Gupta 2017)", "steps": cfg.pruning_steps, "history": history},
         config={"preset": preset_name, **cfg.model_dump(mode="json")},
