@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from service._net import free_port
+from service._net import free_port, wait_ready
 
 __all__ = ["DEMO_RATES_RPS", "DemoError", "run_demo"]
 
@@ -71,19 +71,12 @@ class _Server:
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
 
     def wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        with httpx.Client(base_url=self.url, timeout=10) as http:
-            while True:
-                if self.proc.poll() is not None:
-                    raise DemoError(f"twinserve serve exited with {self.proc.returncode}; see {self.log_path}")
-                try:
-                    if http.get("/v2/health/ready").status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise DemoError(f"twinserve serve not ready after {timeout_s:g} s; see {self.log_path}")
-                time.sleep(1.0)
+        try:
+            wait_ready(self.url, timeout_s, poll_s=1.0, alive=lambda: self.proc.poll() is None)
+        except RuntimeError:
+            raise DemoError(f"twinserve serve exited with {self.proc.returncode}; see {self.log_path}") from None
+        except TimeoutError:
+            raise DemoError(f"twinserve serve not ready after {timeout_s:g} s; see {self.log_path}") from None
 
     def stop(self) -> None:
         try:

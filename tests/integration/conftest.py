@@ -19,7 +19,7 @@ import httpx
 import pytest
 import yaml
 
-from service._net import free_port
+from service._net import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "integration-test-token"
@@ -111,11 +111,8 @@ def serve_app(tiny_artifacts) -> ServeApp:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         deploy_and_wait(cfg)
         url = f"http://127.0.0.1:{port}"
+        wait_ready(url, 60, poll_s=0.2)
         with httpx.Client(base_url=url, timeout=60) as http:
-            deadline = time.monotonic() + 60
-            while http.get("/v2/health/ready").status_code != 200:
-                assert time.monotonic() < deadline, "twinserve did not become ready in 60 s"
-                time.sleep(0.2)
             yield ServeApp(url, http, cfg, Path(tiny_artifacts), metrics_port)
     finally:
         try:

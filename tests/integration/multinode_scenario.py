@@ -56,6 +56,7 @@ def main() -> int:
     from ray import serve
     from ray.cluster_utils import Cluster
 
+    from service._net import wait_ready
     from tests.integration.conftest import deploy_and_wait
 
     def ray_args(node_type: dict) -> dict:
@@ -93,11 +94,8 @@ def main() -> int:
         log(f"replicas: {placed}")
 
         url = f"http://127.0.0.1:{args.port}"
+        wait_ready(url, 60)
         with httpx.Client(base_url=url, timeout=60) as http:
-            deadline = time.monotonic() + 60
-            while http.get("/v2/health/ready").status_code != 200:
-                assert time.monotonic() < deadline, "not ready after 60 s"
-                time.sleep(0.5)
             answers = []
             for i in range(16):
                 headers = {"X-Variant": "dense"} if i == 0 else {"X-Variant": "pruned"} if i == 1 else {}
