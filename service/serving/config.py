@@ -106,6 +106,11 @@ class RouterConfig(_Strict):
     variant_timeout_s: PositiveFloat = Field(30.0, description="longest wait for a variant's answer, seconds")
     max_shadow_in_flight: PositiveInt = Field(
         16, description="shadow requests in flight per router replica; more are skipped, never queued")
+    health_period_s: PositiveFloat = Field(
+        0.5, description="how often the router probes each variant (a metadata call), seconds")
+    health_timeout_s: PositiveFloat = Field(
+        1.0, description="a probe unanswered this long marks the variant down: routed requests then go to the "
+                         "other one at once, and those already waiting on it are moved there, seconds")
 
 
 class LimitsConfig(_Strict):

@@ -52,6 +52,10 @@ class ServingMetrics:
             "twinserve_shadow_requests_total",
             description="Shadow requests by shadow variant and status (ok, shed, unavailable, skipped, error).",
             tag_keys=("variant", "status"))
+        self.variant_up = Gauge(
+            "twinserve_variant_up",
+            description="1 while the router's health probe of a variant answers, 0 while it is marked down.",
+            tag_keys=("variant",))
         self.price = Gauge(
             "twinserve_instance_price_usd_per_hour",
             description="Configured price of the instance a variant replica runs on, USD per hour.",

@@ -10,14 +10,14 @@ Order of precedence:
    after a restart, and moving the weight boundary only moves the users between the old and new one.
 3. Otherwise a weighted draw (``weight``).
 
-When the chosen variant is unavailable or sheds load, :func:`dispatch` sends the request to the
-other one (``fallback``), unless it was pinned.
+When the chosen variant is unavailable or sheds load, or is already known to be down,
+:func:`dispatch` sends the request to the other one (``fallback``), unless it was pinned.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
@@ -121,8 +121,16 @@ def fallback(route: Route) -> Route | None:
     return Route(other(route.variant), "fallback")
 
 
-async def dispatch(route: Route, call: Callable[[Variant], Awaitable[T]]) -> tuple[T, Route]:
-    """Await ``call(route.variant)``; on :class:`VariantUnavailable`, try the fallback once."""
+async def dispatch(route: Route, call: Callable[[Variant], Awaitable[T]],
+                   down: Collection[str] = ()) -> tuple[T, Route]:
+    """Await ``call(route.variant)``; on :class:`VariantUnavailable`, try the fallback once.
+
+    A variant in ``down`` (known to be down) is not tried when the request may fall back and the
+    other variant is not down too: the request goes straight to the fallback.
+    """
+    alt = fallback(route)
+    if route.variant in down and alt is not None and alt.variant not in down:
+        return await call(alt.variant), alt
     try:
         return await call(route.variant), route
     except VariantUnavailable:

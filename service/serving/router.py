@@ -58,6 +58,40 @@ api = FastAPI(
     version="0.1.0",
 )
 
+def _body(model: type, description: str) -> dict:
+    """``openapi_extra`` for a route that reads its own body: the body's schema, for clients and fuzzers."""
+    return {"requestBody": {"required": True, "description": description, "content": {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
+
+
+def _openapi() -> dict:
+    """FastAPI's document plus the request models, which the routes validate themselves (for the
+    error messages and the body limit) and so FastAPI cannot see."""
+    if api.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        doc = get_openapi(title=api.title, version=api.version, description=api.description, routes=api.routes)
+        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+        for model in (EmbeddingRequest, InferRequest, RoutingUpdate):
+            s = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(s.pop("$defs", {}))
+            schemas[model.__name__] = s
+        api.openapi_schema = doc
+    return api.openapi_schema
+
+
+api.openapi = _openapi
+
+
+@api.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    """A bug still answers JSON, and the log names the route, not the body."""
+    log.error("twinserve: unexpected %s on %s %s", type(exc).__name__, request.method, request.url.path,
+              exc_info=exc)
+    return JSONResponse({"error": {"message": "internal error; the server log has the details",
+                                   "type": "internal_error"}}, status_code=500)
+
+
 _UNAVAILABLE = (DeploymentUnavailableError, ReplicaUnavailableError, RayActorError, ActorDiedError,
                 ActorUnavailableError)
 _INPUT_NAME, _OUTPUT_NAME = "text", "embedding"
@@ -95,6 +129,8 @@ class Router:
         self._shadow_stats = {"completed": 0, "failed": 0, "skipped": 0, "cosine_sum": 0.0,
                               "cosine_min": None, "latency_s_sum": 0.0}
         self._meta: dict[str, dict] = {}
+        self._down: dict[str, asyncio.Event] = {}  # set while a variant is marked down; made in the loop
+        self._monitor: asyncio.Task | None = None
         self._metrics = serving_metrics()
         self._replica = serve.get_replica_context().replica_id.unique_id
         log.info("twinserve router: artifacts %s, token limit %d (%s), admin endpoint %s",
@@ -142,10 +178,64 @@ class Router:
                                      "or split it into several inputs", param="input")
         return sum(min(n, self.max_tokens) for n in counts)
 
-    async def _call(self, variant: str, texts: list[str]) -> np.ndarray:
+    # ---- variant health -------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        """Start the health monitor on first use (it needs the replica's running event loop)."""
+        if self._monitor is None or self._monitor.done():
+            self._down = self._down or {v: asyncio.Event() for v in VARIANTS}
+            self._monitor = asyncio.get_running_loop().create_task(self._monitor_loop())
+
+    async def _monitor_loop(self) -> None:
+        while True:
+            await asyncio.gather(*(self._probe(v) for v in VARIANTS))
+            await asyncio.sleep(self.cfg.router.health_period_s)
+
+    async def _probe(self, variant: str) -> None:
+        """A metadata call per period. A dead replica does not fail the handle's calls: Ray queues them
+        until a new replica is up; so down is "no answer within health_timeout_s", not an error."""
         try:
-            return await asyncio.wait_for(self.handles[variant].embed.remote(texts),
-                                          self.cfg.router.variant_timeout_s)
+            await asyncio.wait_for(self.handles[variant].metadata.remote(), self.cfg.router.health_timeout_s)
+            up = True
+        except BackPressureError:
+            up = True  # busy, not down: its queue is full and it says so at once
+        except Exception:  # noqa: BLE001 - timeout, dead actor, anything: not answering
+            up = False
+        event = self._down[variant]
+        if up == event.is_set():
+            log.warning("twinserve router: %s variant is %s", variant, "up again" if up else
+                        f"down (no answer to a probe within {self.cfg.router.health_timeout_s:g} s); "
+                        "routed requests go to the other variant")
+        if up:
+            event.clear()
+        else:
+            event.set()
+        self._metrics.variant_up.set(1.0 if up else 0.0, tags={"variant": variant})
+
+    def _known_down(self) -> set[str]:
+        return {v for v, e in self._down.items() if e.is_set()}
+
+    async def _call(self, variant: str, texts: list[str], *, movable: bool = False) -> np.ndarray:
+        """The variant's embeddings. ``movable`` (a request that may fall back): give up, and so fall
+        back, as soon as the variant is marked down, rather than wait in its queue for a new replica."""
+        response = self.handles[variant].embed.remote(texts)
+        try:
+            if not movable or variant not in self._down:
+                return await asyncio.wait_for(response, self.cfg.router.variant_timeout_s)
+            answer = asyncio.ensure_future(response)
+            down = asyncio.ensure_future(self._down[variant].wait())
+            try:
+                done, _ = await asyncio.wait({answer, down}, timeout=self.cfg.router.variant_timeout_s,
+                                             return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                down.cancel()
+            if answer in done:
+                return answer.result()
+            answer.cancel()
+            response.cancel()
+            if not done:
+                raise TimeoutError
+            raise VariantUnavailable(variant, "is down (no answer to the router's health probe)", shed=False)
         except BackPressureError:
             raise VariantUnavailable(variant, "is shedding load (its queue is full)", shed=True) from None
         except _UNAVAILABLE as e:
@@ -157,7 +247,9 @@ class Router:
                       user_key=request.headers.get("x-user-id") or user)
 
     async def _embed(self, route: Route, texts: list[str]) -> tuple[np.ndarray, Route]:
-        emb, final = await dispatch(route, lambda v: self._call(v, texts))
+        self._watch()
+        emb, final = await dispatch(route, lambda v: self._call(v, texts, movable=v == route.variant and
+                                                                 not route.pinned), self._known_down())
         self._maybe_shadow(final, texts, emb)
         return emb, final
 
@@ -216,7 +308,8 @@ class Router:
 
     # ---- OpenAI embeddings -----------------------------------------------------------------------
 
-    @api.post("/v1/embeddings", summary="OpenAI-compatible embeddings")
+    @api.post("/v1/embeddings", summary="OpenAI-compatible embeddings",
+              openapi_extra=_body(EmbeddingRequest, "a text or a list of texts"))
     async def embeddings(self, request: Request) -> Response:
         t0 = time.perf_counter()
         route = None
@@ -316,7 +409,8 @@ class Router:
         ok = any(states)
         return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
 
-    @api.post("/v2/models/{name}/infer", summary="v2 inference: BYTES texts in, FP32 embeddings out")
+    @api.post("/v2/models/{name}/infer", summary="v2 inference: BYTES texts in, FP32 embeddings out",
+              openapi_extra=_body(InferRequest, "one BYTES input of texts (JSON data; or the binary extension)"))
     async def infer(self, name: str, request: Request) -> Response:
         t0 = time.perf_counter()
         route = None
@@ -395,7 +489,8 @@ class Router:
     async def get_routing(self, request: Request) -> Response:
         return self._authorise(request) or JSONResponse(self._admin_view())
 
-    @api.put("/admin/routing", summary="change weights and/or shadow fraction now (bearer token)")
+    @api.put("/admin/routing", summary="change weights and/or shadow fraction now (bearer token)",
+             openapi_extra=_body(RoutingUpdate, "any subset of the routing config"))
     async def put_routing(self, request: Request) -> Response:
         if (denied := self._authorise(request)) is not None:
             return denied

@@ -173,3 +173,16 @@ def test_both_variants_down_raises_after_one_fallback():
 def test_draw_outside_unit_interval_is_a_bug():
     with pytest.raises(ValueError, match=r"draw must be in \[0, 1\)"):
         choose(weights=Weights(), draw=1.0)
+
+
+def test_a_variant_known_to_be_down_is_skipped_unless_pinned_or_both_are_down():
+    call, calls = _caller(set())
+    assert asyncio.run(dispatch(Route("dense", "sticky"), call, down={"dense"})) == (
+        "answer from pruned", Route("pruned", "fallback"))
+    assert calls == ["pruned"]  # dense was not tried: no wait on a dead replica
+    call, calls = _caller(set())
+    asyncio.run(dispatch(Route("dense", "override", pinned=True), call, down={"dense"}))
+    assert calls == ["dense"]  # pinned: tried anyway, never moved
+    call, calls = _caller(set())
+    asyncio.run(dispatch(Route("dense", "weight"), call, down={"dense", "pruned"}))
+    assert calls == ["dense"]  # nowhere better to go

@@ -1,0 +1,415 @@
+"""Reliability scenarios against a running twinserve: overload, replica failure, soak.
+
+Load here is open-loop: requests leave on a fixed schedule whatever the server answers. A
+closed-loop client (Locust's users wait for each answer) slows down with the server and so
+never offers more than it can take; overload has to be offered, not asked for.
+
+Each scenario returns a pydantic summary with its verdicts (``passed`` and the reasons when
+not), written as JSON by ``twinserve reliability``. The CI-sized integration tests call the same
+functions with short durations on tiny artifacts; ``make reliability`` runs them at full length
+on the default artifacts.
+
+Replica processes are found by the title Ray gives them (``ray::ServeReplica:<app>:<deployment>``),
+so the scenarios must run on the node that hosts the replicas (a single-node deployment, or the
+node the scenario is started on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import statistics
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import httpx
+import psutil
+from pydantic import BaseModel, ConfigDict
+
+__all__ = [
+    "Answer",
+    "FailureResult",
+    "LoadSummary",
+    "OverloadResult",
+    "SoakResult",
+    "drive",
+    "kill_replicas",
+    "overload",
+    "replica_failure",
+    "replica_pids",
+    "soak",
+    "summarise",
+]
+
+APP = "twinserve"
+TEXTS = (
+    "Where is my parcel? It was due on Tuesday.",
+    "The battery lasts two days, which is more than I expected.",
+    "How do I reset my password?",
+    "Great little cafe, friendly staff, slow service at lunch.",
+    "Can I change the delivery address after ordering?",
+    "The screen cracked after a week; I want a replacement.",
+)
+
+
+# ---- open-loop load ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Answer:
+    sent_s: float  # when the request left, seconds since the load started
+    latency_s: float
+    status: int  # HTTP status; 0 when no HTTP answer came (refused, reset, client timeout)
+    variant: str
+    reason: str
+    retry_after: bool
+
+
+async def _drive(url: str, rate_rps: float, duration_s: float, headers: dict[str, str], body: Callable[[int], dict],
+                 timeout_s: float) -> list[Answer]:
+    limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
+    answers: list[Answer] = []
+    async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits) as http:
+        async def one(i: int, t0: float) -> None:
+            sent = time.perf_counter()
+            try:
+                r = await http.post("/v1/embeddings", json=body(i), headers=headers)
+            except httpx.HTTPError:
+                answers.append(Answer(sent - t0, time.perf_counter() - sent, 0, "none", "none", False))
+                return
+            answers.append(Answer(sent - t0, time.perf_counter() - sent, r.status_code,
+                                  r.headers.get("x-variant", "none"), r.headers.get("x-route-reason", "none"),
+                                  "retry-after" in r.headers))
+
+        t0 = time.perf_counter()
+        tasks, n = [], int(rate_rps * duration_s)
+        for i in range(n):
+            delay = t0 + i / rate_rps - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i, t0)))
+        await asyncio.gather(*tasks)
+    return sorted(answers, key=lambda a: a.sent_s)
+
+
+def drive(url: str, rate_rps: float, duration_s: float, *, variant: str | None = None, users: int = 0,
+          timeout_s: float = 30.0) -> list[Answer]:
+    """Send ``rate_rps`` single-text requests for ``duration_s`` on a fixed schedule; every answer.
+
+    ``variant`` pins the variant (``X-Variant``); ``users`` > 0 spreads requests over that many
+    sticky user ids; otherwise requests are routed by weight.
+    """
+    headers = {"X-Variant": variant} if variant else {}
+
+    def body(i: int) -> dict:
+        b = {"input": TEXTS[i % len(TEXTS)], "encoding_format": "base64"}
+        if users:
+            b["user"] = f"user-{i % users}"
+        return b
+
+    return asyncio.run(_drive(url, rate_rps, duration_s, headers, body, timeout_s))
+
+
+class LoadSummary(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    offered_rps: float
+    duration_s: float
+    sent: int
+    ok: int
+    shed: int  # 429 or 503: the service said "not now"
+    failed: int  # anything else: no answer, another 5xx, an unexpected 4xx
+    shed_without_retry_after: int
+    by_status: dict[str, int]
+    by_route: dict[str, int]  # "variant/reason" of answered requests
+    ok_p50_ms: float | None
+    ok_p99_ms: float | None
+
+    @property
+    def failure_ratio(self) -> float:
+        return self.failed / self.sent if self.sent else 0.0
+
+
+def _pct(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def summarise(answers: Sequence[Answer], offered_rps: float, duration_s: float) -> LoadSummary:
+    ok = [a.latency_s * 1000 for a in answers if a.status == 200]
+    shed = [a for a in answers if a.status in (429, 503)]
+    return LoadSummary(
+        offered_rps=offered_rps, duration_s=duration_s, sent=len(answers), ok=len(ok), shed=len(shed),
+        failed=sum(1 for a in answers if a.status not in (200, 429, 503)),
+        shed_without_retry_after=sum(1 for a in shed if not a.retry_after),
+        by_status={str(k): v for k, v in sorted(Counter(a.status for a in answers).items())},
+        by_route={k: v for k, v in sorted(Counter(f"{a.variant}/{a.reason}" for a in answers
+                                                  if a.status == 200).items())},
+        ok_p50_ms=_pct(ok, 0.5), ok_p99_ms=_pct(ok, 0.99))
+
+
+# ---- replica processes ------------------------------------------------------------------------------
+
+def replica_pids(deployment: str, app: str = APP) -> list[int]:
+    """PIDs of the live replica processes of one deployment on this node."""
+    prefix = f"ray::ServeReplica:{app}:{deployment}"
+    pids = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if cmd and (cmd[0] == prefix or cmd[0].startswith(prefix + ".")):
+            pids.append(p.pid)
+    return sorted(pids)
+
+
+def serve_pids(app: str = APP) -> dict[str, list[int]]:
+    return {d: replica_pids(d, app) for d in ("Router", "Dense", "Pruned")}
+
+
+def kill_replicas(deployment: str, app: str = APP) -> list[int]:
+    """SIGKILL every replica process of ``deployment``: the crash a replica gets from the OOM killer."""
+    pids = replica_pids(deployment, app)
+    if not pids:
+        raise RuntimeError(f"no live replica process of {app}:{deployment} on this node")
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    return pids
+
+
+def _rss_mb(pids: Sequence[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            total += psutil.Process(pid).memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total / 2**20
+
+
+class _RssSampler:
+    """RSS of every Serve replica (summed per deployment) every ``period_s``, in a thread."""
+
+    def __init__(self, period_s: float = 1.0, app: str = APP):
+        self.samples: list[dict[str, float]] = []
+        self._stop = threading.Event()
+        self._period, self._app = period_s, app
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append({d: _rss_mb(p) for d, p in serve_pids(self._app).items()})
+            self._stop.wait(self._period)
+
+    def __enter__(self) -> _RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def peak(self) -> dict[str, float]:
+        return {d: max(s[d] for s in self.samples) for d in self.samples[0]} if self.samples else {}
+
+
+# ---- metrics ----------------------------------------------------------------------------------------
+
+_FALLBACK = re.compile(r'^ray_twinserve_requests_total\{([^}]*)\}\s+([0-9.eE+-]+)', re.M)
+
+
+def fallback_count(metrics_url: str) -> float:
+    """Requests answered by fallback, as Ray's metrics endpoint exports them now (all variants)."""
+    text = httpx.get(metrics_url, timeout=10).text
+    return sum(float(v) for labels, v in _FALLBACK.findall(text) if 'reason="fallback"' in labels)
+
+
+# ---- scenarios --------------------------------------------------------------------------------------
+
+class OverloadResult(BaseModel):
+    x_slo_rps: float
+    slo_p99_ms: float
+    burst: LoadSummary
+    recovery_s: float | None  # from the end of the burst to the first clean window; None: not within the limit
+    replicas_before: dict[str, list[int]]
+    replicas_after: dict[str, list[int]]
+    rss_before_mb: dict[str, float]
+    rss_peak_mb: dict[str, float]
+    passed: bool
+    reasons: list[str]
+
+
+def _clean_window(url: str, rate_rps: float, window_s: float, slo_p99_ms: float, variant: str | None) -> bool:
+    s = summarise(drive(url, rate_rps, window_s, variant=variant), rate_rps, window_s)
+    return s.ok == s.sent and s.ok_p99_ms is not None and s.ok_p99_ms <= slo_p99_ms
+
+
+def overload(url: str, *, x_slo_rps: float, slo_p99_ms: float = 100.0, factor: float = 3.0,
+             duration_s: float = 60.0, variant: str | None = "pruned", recovery_limit_s: float = 10.0,
+             window_s: float = 1.0) -> OverloadResult:
+    """Offer ``factor`` x X_slo for ``duration_s``, then time the return to clean service.
+
+    Passes when the service shed (429/503, each with Retry-After) instead of failing, accepted
+    requests kept p99 within 2x the SLO, no replica process died, and a window at half X_slo was
+    clean (every request 200, p99 within the SLO) within ``recovery_limit_s`` of the burst's end.
+    """
+    before = serve_pids()
+    rss_before = {d: _rss_mb(p) for d, p in before.items()}
+    rate = factor * x_slo_rps
+    with _RssSampler() as rss:
+        burst = summarise(drive(url, rate, duration_s, variant=variant), rate, duration_s)
+    ended = time.monotonic()
+    recovery = None
+    while time.monotonic() - ended < recovery_limit_s:
+        if _clean_window(url, max(1.0, x_slo_rps / 2), window_s, slo_p99_ms, variant):
+            recovery = time.monotonic() - ended
+            break
+    after = serve_pids()
+    reasons = []
+    if burst.shed == 0:
+        reasons.append("nothing was shed: the burst did not overload the service, or it queued instead")
+    if burst.failed:
+        reasons.append(f"{burst.failed} requests failed outright: {burst.by_status}")
+    if burst.shed_without_retry_after:
+        reasons.append(f"{burst.shed_without_retry_after} shed answers lacked Retry-After")
+    if burst.ok_p99_ms is None or burst.ok_p99_ms > 2 * slo_p99_ms:
+        reasons.append(f"accepted p99 {burst.ok_p99_ms} ms is over 2x the SLO ({2 * slo_p99_ms:g} ms)")
+    if after != before:
+        reasons.append(f"replica processes changed during the burst: {before} -> {after}")
+    if recovery is None:
+        reasons.append(f"no clean {window_s:g} s window within {recovery_limit_s:g} s after the burst")
+    return OverloadResult(x_slo_rps=x_slo_rps, slo_p99_ms=slo_p99_ms, burst=burst, recovery_s=recovery,
+                          replicas_before=before, replicas_after=after, rss_before_mb=rss_before,
+                          rss_peak_mb=rss.peak(), passed=not reasons, reasons=reasons)
+
+
+class FailureResult(BaseModel):
+    killed: str
+    killed_pids: list[int]
+    replacement_pids: list[int]
+    replaced_after_s: float | None
+    load: LoadSummary
+    fallbacks_in_answers: int
+    fallbacks_in_metrics: float | None  # increase of the exported counter; None: no metrics URL given
+    split_after: dict[str, int]  # variant -> routed answers in the window after the replacement
+    expected_share: dict[str, float]
+    passed: bool
+    reasons: list[str]
+
+
+def replica_failure(url: str, deployment: str, *, weights: dict[str, float], rate_rps: float = 10.0,
+                    duration_s: float = 30.0, kill_at_s: float = 5.0, split_requests: int = 400,
+                    max_failure_ratio: float = 0.001, metrics_url: str | None = None,
+                    replace_timeout_s: float = 180.0, metrics_wait_s: float = 30.0) -> FailureResult:
+    """Routed load; SIGKILL the ``deployment``'s replicas ``kill_at_s`` into it; check the aftermath.
+
+    Passes when client-visible failures stay within ``max_failure_ratio``, some answers came by
+    fallback (in the response headers, and in the exported metric when ``metrics_url`` is given),
+    Ray started a new replica process, and afterwards the routed split matches ``weights`` again
+    (within four standard deviations over ``split_requests`` requests).
+    """
+    variant = deployment.lower()
+    base = fallback_count(metrics_url) if metrics_url else None
+    holder: dict[str, list[Answer]] = {}
+    loader = threading.Thread(target=lambda: holder.setdefault("a", drive(url, rate_rps, duration_s, users=0)))
+    loader.start()
+    time.sleep(kill_at_s)
+    killed = kill_replicas(deployment)
+    t_kill = time.monotonic()
+    new: list[int] = []
+    while time.monotonic() - t_kill < replace_timeout_s:
+        new = [p for p in replica_pids(deployment) if p not in killed]
+        if new and _answers_pinned(url, variant):
+            break
+        time.sleep(0.2)
+    replaced_after = time.monotonic() - t_kill if new else None
+    loader.join()
+    load = summarise(holder["a"], rate_rps, duration_s)
+    fallbacks = sum(v for k, v in load.by_route.items() if k.endswith("/fallback"))
+
+    metric_delta = None
+    if metrics_url:
+        deadline = time.monotonic() + metrics_wait_s
+        while True:  # Ray exports on an interval; wait until the counter has caught up with the answers
+            metric_delta = fallback_count(metrics_url) - base
+            if metric_delta >= fallbacks or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
+
+    # The split after the replacement: sequential routed requests, no user key (weighted draw).
+    split = Counter()
+    with httpx.Client(base_url=url, timeout=30) as http:
+        for i in range(split_requests):
+            r = http.post("/v1/embeddings", json={"input": TEXTS[i % len(TEXTS)], "encoding_format": "base64"})
+            if r.status_code == 200 and r.headers.get("x-route-reason") == "weight":
+                split[r.headers["x-variant"]] += 1
+
+    reasons = []
+    if load.failure_ratio + load.shed / max(1, load.sent) > max_failure_ratio:
+        reasons.append(f"{load.failed + load.shed} of {load.sent} requests failed or were shed "
+                       f"(limit {max_failure_ratio:.1%}): {load.by_status}")
+    if fallbacks == 0:
+        reasons.append("no answer came by fallback while the replica was down")
+    if metrics_url and (metric_delta or 0) < fallbacks:
+        reasons.append(f"the fallback metric rose by {metric_delta}, fewer than the {fallbacks} fallback answers")
+    if not new:
+        reasons.append(f"no replacement replica answered within {replace_timeout_s:g} s")
+    n = sum(split.values())
+    for v, w in weights.items():
+        sd = (w * (1 - w) / max(n, 1)) ** 0.5
+        if n == 0 or abs(split[v] / n - w) > 4 * sd + 1e-9:
+            reasons.append(f"after the replacement {v} got {split[v]} of {n} routed requests; its weight is {w}")
+    return FailureResult(killed=deployment, killed_pids=killed, replacement_pids=new, replaced_after_s=replaced_after,
+                         load=load, fallbacks_in_answers=fallbacks, fallbacks_in_metrics=metric_delta,
+                         split_after=dict(split), expected_share=weights, passed=not reasons, reasons=reasons)
+
+
+def _answers_pinned(url: str, variant: str) -> bool:
+    try:
+        r = httpx.post(f"{url}/v1/embeddings", json={"input": "are you back?"}, headers={"X-Variant": variant},
+                       timeout=5)
+    except httpx.HTTPError:
+        return False
+    return r.status_code == 200
+
+
+class SoakResult(BaseModel):
+    rate_rps: float
+    duration_s: float
+    load: LoadSummary
+    rss_start_mb: dict[str, float]  # median of the first minute (after warm-up)
+    rss_end_mb: dict[str, float]  # median of the last minute
+    rss_growth: dict[str, float]  # end / start - 1
+    replicas_before: dict[str, list[int]]
+    replicas_after: dict[str, list[int]]
+    passed: bool
+    reasons: list[str]
+
+
+def soak(url: str, *, rate_rps: float, duration_s: float = 600.0, max_rss_growth: float = 0.10,
+         window_s: float = 60.0) -> SoakResult:
+    """Routed load at ``rate_rps`` for ``duration_s``: no error, RSS growth under ``max_rss_growth``."""
+    before = serve_pids()
+    with _RssSampler(period_s=2.0) as rss:
+        answers = drive(url, rate_rps, duration_s, users=1000)
+    load = summarise(answers, rate_rps, duration_s)
+    after = serve_pids()
+    n = max(1, int(window_s / 2.0))
+    start = {d: statistics.median(s[d] for s in rss.samples[:n]) for d in before}
+    end = {d: statistics.median(s[d] for s in rss.samples[-n:]) for d in before}
+    growth = {d: end[d] / start[d] - 1 if start[d] else 0.0 for d in before}
+    reasons = []
+    if load.ok != load.sent:
+        reasons.append(f"{load.sent - load.ok} of {load.sent} requests were not answered 200: {load.by_status}")
+    for d, g in growth.items():
+        if g > max_rss_growth:
+            reasons.append(f"{d} RSS grew {g:.1%} ({start[d]:.0f} -> {end[d]:.0f} MB), over {max_rss_growth:.0%}")
+    if after != before:
+        reasons.append(f"replica processes changed: {before} -> {after}")
+    return SoakResult(rate_rps=rate_rps, duration_s=duration_s, load=load, rss_start_mb=start, rss_end_mb=end,
+                      rss_growth=growth, replicas_before=before, replicas_after=after, passed=not reasons,
+                      reasons=reasons)
