@@ -9,7 +9,7 @@ APT_PACKAGES := wordnet-base prometheus
 MODEL_NAME := all-MiniLM-L6-v2
 ARTIFACTS := artifacts/$(MODEL_NAME)
 
-.PHONY: setup system-packages run prune bench demo test test-unit clean
+.PHONY: setup system-packages run prune bench demo reliability audit test test-unit clean
 
 setup: system-packages $(STAMP)
 
@@ -53,6 +53,15 @@ run: setup $(ARTIFACTS)/manifest.json
 # Prometheus, a Locust sweep of both variants, the cost report (results/demo/report/report.html).
 demo: setup
 	$(VENV)/bin/twinserve demo $(if $(PRESET),--preset $(PRESET))
+
+# The long reliability scenarios on the default artifacts (~20 min): overload at 3x X_slo, SIGKILL of
+# each variant's replica under load, a 10-minute soak. Writes results/reliability/summary.json.
+reliability: setup $(ARTIFACTS)/manifest.json
+	$(VENV)/bin/twinserve reliability --artifacts $(ARTIFACTS)
+
+# Dependency vulnerability scan (also a test in `make test`); known findings: deploy/dependency-audit.yaml.
+audit: setup
+	$(PY) -m pytest tests/unit/test_dependency_audit.py -rs
 
 test: setup
 	$(PY) -m pytest tests

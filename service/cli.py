@@ -329,6 +329,26 @@ def _cmd_demo(args: argparse.Namespace) -> None:
         raise CliError(_one_line(e)) from None
 
 
+def _cmd_reliability(args: argparse.Namespace) -> None:
+    from service.cost.loadtest import LoadTestError
+    from service.demo import DemoError
+    from service.reliability import run_reliability
+
+    x_slo = None
+    if args.x_slo_pruned is not None:
+        if args.x_slo_dense is None:
+            raise CliError("--x-slo-pruned needs --x-slo-dense too (the failure and soak rates use both)")
+        x_slo = {"pruned": args.x_slo_pruned, "dense": args.x_slo_dense}
+    try:
+        summary = run_reliability(out_dir=args.out_dir, artifacts=args.artifacts, x_slo_rps=x_slo,
+                                  overload_s=args.overload_s, soak_s=args.soak_s,
+                                  say=lambda line: print(line, flush=True))
+    except (DemoError, LoadTestError, RuntimeError) as e:
+        raise CliError(_one_line(e)) from None
+    if not summary["passed"]:
+        raise CliError(f"a scenario failed; see {args.out_dir / 'summary.json'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="twinserve", description="Serve a dense and a pruned INT8 twin of one encoder.")
     sub = p.add_subparsers(dest="verb", required=True)
@@ -415,6 +435,22 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--prices", type=Path, default=Path("deploy") / "prices.yaml")
     de.add_argument("--out-dir", type=Path, default=Path("results") / "demo")
     de.set_defaults(func=_cmd_demo)
+
+    re_ = sub.add_parser(
+        "reliability", help="overload, replica kills and a soak against a local server (writes results/reliability/)",
+        description="Start `twinserve serve` on the artifacts in the background, find each variant's X_slo with a "
+                    "Locust sweep (unless given), then: 3x the pruned X_slo for --overload-s (shedding with "
+                    "Retry-After, accepted p99 within 2x the SLO, no replica death, recovery within 10 s); SIGKILL "
+                    "of the pruned replica, then of the dense one, under routed load (fallback, <= 0.1%% failures, "
+                    "replacement, split restored, fallbacks in the metrics); a soak at half of X_slo for --soak-s "
+                    "(no error, RSS growth < 10%%). Writes summary.json after every scenario; exits 2 if one failed.")
+    re_.add_argument("--artifacts", type=Path, help="artifact directory (default: artifacts/all-MiniLM-L6-v2)")
+    re_.add_argument("--x-slo-pruned", type=float, help="pruned X_slo, req/s (default: measured by a sweep)")
+    re_.add_argument("--x-slo-dense", type=float, help="dense X_slo, req/s (default: measured by a sweep)")
+    re_.add_argument("--overload-s", type=float, default=60.0, help="length of the 3x burst, seconds")
+    re_.add_argument("--soak-s", type=float, default=600.0, help="length of the soak, seconds")
+    re_.add_argument("--out-dir", type=Path, default=Path("results") / "reliability")
+    re_.set_defaults(func=_cmd_reliability)
     return p
 
 

@@ -25,7 +25,7 @@ import httpx
 
 from service._net import free_port, wait_ready
 
-__all__ = ["DEMO_RATES_RPS", "DemoError", "run_demo"]
+__all__ = ["DEMO_RATES_RPS", "DemoError", "LocalServer", "ensure_artifacts", "run_demo"]
 
 DEMO_RATES_RPS = (2.0, 4.0, 8.0, 16.0)
 SHADOW_REQUESTS = 40
@@ -37,7 +37,7 @@ class DemoError(RuntimeError):
     """A step of the demo failed; the message names the step and where its log is."""
 
 
-def _artifacts(art: Path | None, preset_name: str | None, say: Callable[[str], None]) -> Path:
+def ensure_artifacts(art: Path | None, preset_name: str | None, say: Callable[[str], None]) -> Path:
     from service.pruning.config import preset
     from service.pruning.job import run_prune
     from service.pruning.manifest import MANIFEST_FILE, verify_artifacts
@@ -46,15 +46,15 @@ def _artifacts(art: Path | None, preset_name: str | None, say: Callable[[str], N
     art = (art or default_artifact_dir()).expanduser()
     if preset_name is None and (art / MANIFEST_FILE).is_file():
         m = verify_artifacts(art)
-        say(f"[1/5] artifacts: reusing {art} (preset {m.config.get('preset')}); PRESET=<name> builds another")
+        say(f"artifacts: reusing {art} (preset {m.config.get('preset')}); PRESET=<name> builds another")
         return art
     name = preset_name or "fast"
-    say(f"[1/5] artifacts: twinserve prune --preset {name} --out {art} (reused if already built)")
+    say(f"artifacts: twinserve prune --preset {name} --out {art} (reused if already built)")
     run_prune(default_model_dir(), art, preset(name), preset_name=name)
     return art
 
 
-class _Server:
+class LocalServer:
     """``twinserve serve`` in its own session; stopped with SIGINT (its clean shutdown), then harder."""
 
     def __init__(self, art: Path, port: int, metrics_port: int, log_path: Path, token: str):
@@ -168,14 +168,14 @@ def run_demo(
     from service.cost.report import ReportConfig, build_report, write_report
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    art = _artifacts(artifacts, preset_name, say)
+    art = ensure_artifacts(artifacts, preset_name, lambda m: say(f"[1/5] {m}"))
     # Constant arrivals: on steps this short, Poisson noise alone can push a step under 95% of offered.
     plan = SweepPlan(rates_rps=list(rates_rps), step_duration_s=step_duration_s, warmup_s=warmup_s,
                      arrival="constant", stop_after_saturated_steps=2)
 
     port, metrics_port, token = free_port(), free_port(), secrets.token_urlsafe(16)
     say(f"[2/5] serving: twinserve serve --port {port} --metrics-port {metrics_port} (log {out_dir / 'serve.log'})")
-    server = _Server(art, port, metrics_port, out_dir / "serve.log", token)
+    server = LocalServer(art, port, metrics_port, out_dir / "serve.log", token)
     prom = None
     previous = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` of the demo cleans up like Ctrl-C

@@ -26,6 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import psutil
@@ -42,6 +43,7 @@ __all__ = [
     "overload",
     "replica_failure",
     "replica_pids",
+    "run_reliability",
     "soak",
     "summarise",
 ]
@@ -250,17 +252,17 @@ def _clean_window(url: str, rate_rps: float, window_s: float, slo_p99_ms: float,
 
 def overload(url: str, *, x_slo_rps: float, slo_p99_ms: float = 100.0, factor: float = 3.0,
              duration_s: float = 60.0, variant: str | None = "pruned", recovery_limit_s: float = 10.0,
-             window_s: float = 1.0) -> OverloadResult:
+             window_s: float = 1.0, app: str = APP) -> OverloadResult:
     """Offer ``factor`` x X_slo for ``duration_s``, then time the return to clean service.
 
     Passes when the service shed (429/503, each with Retry-After) instead of failing, accepted
     requests kept p99 within 2x the SLO, no replica process died, and a window at half X_slo was
     clean (every request 200, p99 within the SLO) within ``recovery_limit_s`` of the burst's end.
     """
-    before = serve_pids()
+    before = serve_pids(app)
     rss_before = {d: _rss_mb(p) for d, p in before.items()}
     rate = factor * x_slo_rps
-    with _RssSampler() as rss:
+    with _RssSampler(app=app) as rss:
         burst = summarise(drive(url, rate, duration_s, variant=variant), rate, duration_s)
     ended = time.monotonic()
     recovery = None
@@ -268,7 +270,7 @@ def overload(url: str, *, x_slo_rps: float, slo_p99_ms: float = 100.0, factor: f
         if _clean_window(url, max(1.0, x_slo_rps / 2), window_s, slo_p99_ms, variant):
             recovery = time.monotonic() - ended
             break
-    after = serve_pids()
+    after = serve_pids(app)
     reasons = []
     if burst.shed == 0:
         reasons.append("nothing was shed: the burst did not overload the service, or it queued instead")
@@ -304,7 +306,7 @@ class FailureResult(BaseModel):
 def replica_failure(url: str, deployment: str, *, weights: dict[str, float], rate_rps: float = 10.0,
                     duration_s: float = 30.0, kill_at_s: float = 5.0, split_requests: int = 400,
                     max_failure_ratio: float = 0.001, metrics_url: str | None = None,
-                    replace_timeout_s: float = 180.0, metrics_wait_s: float = 30.0) -> FailureResult:
+                    replace_timeout_s: float = 180.0, metrics_wait_s: float = 30.0, app: str = APP) -> FailureResult:
     """Routed load; SIGKILL the ``deployment``'s replicas ``kill_at_s`` into it; check the aftermath.
 
     Passes when client-visible failures stay within ``max_failure_ratio``, some answers came by
@@ -318,11 +320,11 @@ def replica_failure(url: str, deployment: str, *, weights: dict[str, float], rat
     loader = threading.Thread(target=lambda: holder.setdefault("a", drive(url, rate_rps, duration_s, users=0)))
     loader.start()
     time.sleep(kill_at_s)
-    killed = kill_replicas(deployment)
+    killed = kill_replicas(deployment, app)
     t_kill = time.monotonic()
     new: list[int] = []
     while time.monotonic() - t_kill < replace_timeout_s:
-        new = [p for p in replica_pids(deployment) if p not in killed]
+        new = [p for p in replica_pids(deployment, app) if p not in killed]
         if new and _answers_pinned(url, variant):
             break
         time.sleep(0.2)
@@ -391,13 +393,13 @@ class SoakResult(BaseModel):
 
 
 def soak(url: str, *, rate_rps: float, duration_s: float = 600.0, max_rss_growth: float = 0.10,
-         window_s: float = 60.0) -> SoakResult:
+         window_s: float = 60.0, app: str = APP) -> SoakResult:
     """Routed load at ``rate_rps`` for ``duration_s``: no error, RSS growth under ``max_rss_growth``."""
-    before = serve_pids()
-    with _RssSampler(period_s=2.0) as rss:
+    before = serve_pids(app)
+    with _RssSampler(period_s=2.0, app=app) as rss:
         answers = drive(url, rate_rps, duration_s, users=1000)
     load = summarise(answers, rate_rps, duration_s)
-    after = serve_pids()
+    after = serve_pids(app)
     n = max(1, int(window_s / 2.0))
     start = {d: statistics.median(s[d] for s in rss.samples[:n]) for d in before}
     end = {d: statistics.median(s[d] for s in rss.samples[-n:]) for d in before}
@@ -413,3 +415,113 @@ def soak(url: str, *, rate_rps: float, duration_s: float = 600.0, max_rss_growth
     return SoakResult(rate_rps=rate_rps, duration_s=duration_s, load=load, rss_start_mb=start, rss_end_mb=end,
                       rss_growth=growth, replicas_before=before, replicas_after=after, passed=not reasons,
                       reasons=reasons)
+
+
+# ---- the full run (`twinserve reliability`, `make reliability`) --------------------------------------
+
+SWEEP_RATES_RPS = (1.0, 2.0, 4.0, 8.0, 16.0, 24.0, 32.0, 48.0, 64.0)
+
+
+def _set_weights(url: str, token: str, dense: float) -> dict[str, float]:
+    weights = {"dense": round(dense, 4), "pruned": round(1 - dense, 4)}
+    httpx.put(f"{url}/admin/routing", json={"weights": weights}, headers={"Authorization": f"Bearer {token}"},
+              timeout=30).raise_for_status()
+    return weights
+
+
+def run_reliability(*, out_dir: Path = Path("results") / "reliability", artifacts: Path | None = None,
+                    x_slo_rps: dict[str, float] | None = None, overload_s: float = 60.0, soak_s: float = 600.0,
+                    say: Callable[[str], None] = print) -> dict:
+    """Serve the artifacts in the background and run every scenario at full length; ``summary.json``.
+
+    X_slo per variant comes from a Locust step sweep (the definition the cost report uses) unless
+    given. Rates are chosen so that each scenario tests what it names: overload offers 3x the
+    pruned variant's X_slo to that variant (pinned: routed overflow would fall back to dense);
+    the failure scenarios run at a rate either variant can carry alone, since the survivor takes
+    everything; the soak runs routed traffic with each variant at half its own X_slo. The summary
+    is rewritten after every scenario, so an interrupted run keeps what it measured.
+    """
+    import json
+    import secrets
+    from datetime import datetime, timezone
+
+    from service._net import free_port
+    from service.bench import hardware_description
+    from service.cost.loadtest import SloCriteria, SweepPlan, run_sweep
+    from service.demo import SERVER_START_TIMEOUT_S, LocalServer, ensure_artifacts
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    art = ensure_artifacts(artifacts, None, say)
+    slo = SloCriteria()
+    summary: dict = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                     "hardware": hardware_description(), "artifacts": str(art.resolve()),
+                     "slo_p99_ms": slo.slo_p99_ms, "scenarios": {}}
+
+    def save() -> None:
+        summary["passed"] = all(s.get("passed", False) for s in summary["scenarios"].values())
+        tmp = out_dir / "summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        tmp.replace(out_dir / "summary.json")
+
+    port, metrics_port, token = free_port(), free_port(), secrets.token_urlsafe(16)
+    say(f"serving {art} on port {port} (log {out_dir / 'serve.log'})")
+    server = LocalServer(art, port, metrics_port, out_dir / "serve.log", token)
+    url, metrics_url = server.url, f"http://127.0.0.1:{metrics_port}/metrics"
+    try:
+        server.wait_ready(SERVER_START_TIMEOUT_S)
+        achieved = 0.0  # the highest rate the pruned variant was seen to carry, SLO or not
+        if x_slo_rps is None:
+            say(f"X_slo: Locust step sweep of each variant, {list(SWEEP_RATES_RPS)} req/s, 10 s steps")
+            plan = SweepPlan(rates_rps=list(SWEEP_RATES_RPS), step_duration_s=10, warmup_s=2, arrival="constant")
+
+            def on_step(variant, s) -> None:
+                p99 = f"{s.latency.p99_ms:.0f} ms" if s.latency else "-"
+                say(f"  {variant:6} {s.offered_rps:4g} req/s offered, {s.achieved_rps:5.1f} achieved, p99 {p99}")
+
+            sweep = run_sweep(url, variants=["dense", "pruned"], plan=plan, slo=slo, out=out_dir / "loadtest.json",
+                              on_step=on_step)
+            x_slo_rps = {v.variant: v.x_slo_rps or 0.0 for v in sweep.variants}
+            achieved = max(s.achieved_rps for s in sweep.variant("pruned").steps)
+        summary["x_slo_rps"] = x_slo_rps
+        say(f"X_slo: {x_slo_rps}")
+        x_pruned, x_dense = x_slo_rps["pruned"], x_slo_rps["dense"]
+        if x_pruned <= 0:
+            raise RuntimeError("the pruned variant met the SLO at no rate; nothing to overload against")
+
+        # At least 3x X_slo; more when the sweep saw the variant carry more than that (X_slo is set
+        # by p99, which noise on a shared machine can pull far below what the variant can carry).
+        factor = max(3.0, 2.0 * achieved / x_pruned)
+        summary["overload_factor"] = factor
+        say(f"overload: {factor * x_pruned:.1f} req/s ({factor:.1f}x X_slo) pinned to pruned for {overload_s:g} s")
+        r = overload(url, x_slo_rps=x_pruned, slo_p99_ms=slo.slo_p99_ms, factor=factor, duration_s=overload_s)
+        summary["scenarios"]["overload"] = r.model_dump(mode="json")
+        save()
+        say(f"  passed={r.passed} shed={r.burst.shed}/{r.burst.sent} accepted p99={r.burst.ok_p99_ms} ms "
+            f"recovery={r.recovery_s} s {'; '.join(r.reasons)}")
+
+        survivor_rate = max(1.0, 0.5 * min(x_pruned, x_dense or x_pruned))
+        weights = _set_weights(url, token, 0.5)
+        for deployment in ("Pruned", "Dense"):
+            say(f"replica failure: SIGKILL {deployment} 10 s into 60 s of routed load at {survivor_rate:g} req/s")
+            r = replica_failure(url, deployment, weights=weights, rate_rps=survivor_rate, duration_s=60,
+                                kill_at_s=10, metrics_url=metrics_url)
+            summary["scenarios"][f"kill_{deployment.lower()}"] = r.model_dump(mode="json")
+            save()
+            say(f"  passed={r.passed} failed={r.load.failed + r.load.shed}/{r.load.sent} "
+                f"fallbacks={r.fallbacks_in_answers} replaced after {r.replaced_after_s} s {'; '.join(r.reasons)}")
+
+        rate = 0.5 * x_pruned
+        dense_share = min(0.5, 0.5 * x_dense / rate) if x_dense else 0.0
+        summary["soak_weights"] = _set_weights(url, token, dense_share)
+        say(f"soak: {rate:g} req/s routed (dense share {dense_share:.3f}: each variant at <= half its X_slo) "
+            f"for {soak_s:g} s")
+        r = soak(url, rate_rps=rate, duration_s=soak_s)
+        summary["scenarios"]["soak"] = r.model_dump(mode="json")
+        save()
+        say(f"  passed={r.passed} ok={r.load.ok}/{r.load.sent} RSS growth "
+            + ", ".join(f"{d} {g:+.1%}" for d, g in r.rss_growth.items()) + f" {'; '.join(r.reasons)}")
+    finally:
+        server.stop()
+        save()
+    say(f"reliability: {'all scenarios passed' if summary['passed'] else 'FAILED'}; {out_dir / 'summary.json'}")
+    return summary

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 from pathlib import Path
 
 import torch
@@ -192,7 +193,11 @@ def _read_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
     pt = model_dir / "pytorch_model.bin"
     if pt.is_file():
         # weights_only: a pickle from an untrusted directory must not run code.
-        return torch.load(pt, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(pt, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise ModelLoadError(f"{pt} holds more than tensors (refused: only weights load from a pickle; "
+                                 f"convert the checkpoint to {WEIGHTS_FILE}): {str(e).splitlines()[0]}") from None
     raise ModelLoadError(f"{model_dir} has no {WEIGHTS_FILE} or pytorch_model.bin")
 
 

@@ -110,6 +110,29 @@ class PruneResult:
         self.out, self.manifest, self.reused = out, manifest, reused
 
 
+def _remove_orphans(out: Path) -> None:
+    """Build directories and link files left by a job that was killed (SIGKILL, OOM, power): their
+    process is gone. The published link and what it points to are never touched."""
+    for p in out.parent.glob(f".{out.name}.*-*"):
+        kind, _, pid = p.name[len(out.name) + 2:].rpartition("-")
+        if kind in ("tmp", "link") and pid.isdigit() and not _alive(int(pid)):
+            _say(f"removing {p.name}, left by an interrupted job (process {pid})")
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _publish(tmp: Path, out: Path, fingerprint: str) -> None:
     """Rename the finished build next to ``out`` and swing the ``out`` link to it atomically."""
     final = out.parent / f".{out.name}-{time.strftime('%Y%m%d-%H%M%S')}-{fingerprint[:8]}"
@@ -158,6 +181,7 @@ def run_prune(
         "job": JOB_VERSION, "model": model_sha256, "corpus": corpus.sha256,
         "config": cfg.model_dump(mode="json", exclude={"threads", "latency_runs"}),
     }, sort_keys=True).encode()).hexdigest()
+    _remove_orphans(out)
     if not force and (out / "manifest.json").is_file():
         try:
             published = verify_artifacts(out)

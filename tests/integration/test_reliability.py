@@ -21,3 +21,15 @@ def test_killed_replica_falls_back_without_client_failures_and_is_replaced(serve
     print(result.model_dump_json(indent=1))
     assert result.passed, result.reasons
     assert result.load.sent == 240 and result.fallbacks_in_answers > 0
+
+
+def test_overload_is_shed_with_retry_after_and_the_service_recovers(tight_app):
+    """The tight application's pruned variant takes one request at a time (about 2 req/s); 20 req/s
+    pinned to it must be shed, not queued: 429 with Retry-After, no other failure, no replica lost.
+    The SLO is set loose: this checks behaviour; the p99 figure is measured by `make reliability`."""
+    result = rel.overload(tight_app, x_slo_rps=2.0, slo_p99_ms=30_000, factor=10, duration_s=5,
+                          recovery_limit_s=60, window_s=1.0, app="tight")
+    print(result.model_dump_json(indent=1))
+    assert result.passed, result.reasons
+    assert result.burst.shed > 0 and result.burst.ok > 0 and set(result.burst.by_status) <= {"200", "429"}
+    assert result.replicas_after == result.replicas_before and all(result.replicas_before.values())

@@ -122,29 +122,6 @@ def test_admin_endpoint_changes_weights_and_shadow_at_run_time(serve_app):
                            headers=serve_app.admin)
 
 
-@pytest.fixture(scope="module")
-def tight_app(serve_app):
-    """A second application on the same Serve instance: its pruned variant takes one request at a time,
-    and it truncates inputs to 16 tokens instead of rejecting them."""
-    tiny = {"num_cpus": 0.25, "max_batch_size": 32}
-    app = {
-        "name": "tight", "route_prefix": "/tight", "import_path": "service.serving.app:build_app",
-        "args": {
-            "artifact_dir": str(serve_app.artifact_dir),
-            # The pruned batch waits 0.5 s for company: one request in flight, one queued, the rest shed.
-            "pruned": {**tiny, "max_ongoing_requests": 1, "max_queued_requests": 1, "batch_wait_timeout_s": 0.5},
-            "dense": {**tiny, "max_ongoing_requests": 64, "max_queued_requests": 64},
-            "router": {"num_cpus": 0.25, "retry_after_s": 2},
-            "limits": {"over_token_limit": "truncate", "max_tokens_per_input": 16},
-        },
-        "deployments": [{"name": "Router", "user_config": {"weights": {"dense": 0.0, "pruned": 1.0}}}],
-    }
-    config = {**serve_app.config, "applications": [*serve_app.config["applications"], app]}
-    deploy_and_wait(config)
-    yield f"{serve_app.url}/tight"
-    deploy_and_wait(serve_app.config)
-
-
 def test_shed_load_falls_back_to_the_other_variant(tight_app):
     responses = _post_many(tight_app, 16, threads=16, body={"input": "burst"})
     assert {r.status_code for r in responses} == {200}

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +125,40 @@ def test_rerun_reuses_and_crash_leaves_last_good_artifacts(tmp_path, tiny_model_
     assert not [p for p in out.parent.iterdir() if ".tmp-" in p.name]  # no half-built sibling left
 
 
+def test_sigkill_mid_build_leaves_the_published_artifacts_intact_and_servable(tmp_path, tiny_model_dir):
+    """A real SIGKILL (no handler, no finally) of `twinserve prune` halfway through distillation."""
+    from service.model.backends import OnnxBackend
+
+    out = tmp_path / "tiny"
+    job_module.run_prune(tiny_model_dir, out, TINY_PRUNE)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    # Long enough to be caught in the middle: thousands of distillation steps on the tiny model.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "prune", "--model", str(tiny_model_dir), "--out", str(out),
+         "--preset", "fast", "--heldout-texts", "64", "--final-distill-steps", "100000", "--force"],
+        cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    building = out.parent / f".{out.name}.tmp-{proc.pid}"
+    deadline = time.monotonic() + 240
+    while not (building / "tokenizer.json").is_file():  # the build has started writing
+        assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "the build never started"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL and building.is_dir()  # killed mid-build, debris left
+
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    verify_artifacts(out)
+    backend = OnnxBackend(out, variant="pruned", threads=1)
+    backend.load()
+    assert backend.embed(["still servable"]).shape[0] == 1
+    # The next run clears the dead job's debris and reuses what is published.
+    assert job_module.run_prune(tiny_model_dir, out, TINY_PRUNE).reused
+    assert not building.exists()
+
+
 def test_rebuild_replaces_previous_version(tmp_path, tiny_model_dir):
     out = tmp_path / "tiny"
     job_module.run_prune(tiny_model_dir, out, TINY_PRUNE)
@@ -203,3 +239,26 @@ def test_frontier_measures_points_side_by_side_and_plots(tiny_artifacts, tmp_pat
         assert img.format == "PNG" and img.size[0] > 100
     with pytest.raises(ValueError, match="distinct names"):
         measure_frontier([tiny_artifacts, tiny_artifacts], runs=1)
+
+
+class _Payload:
+    """A pickle that runs code when loaded: what a hostile pytorch_model.bin carries."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "code ran"))
+
+
+def test_pickled_checkpoint_that_runs_code_is_refused(tmp_path, tiny_model_dir):
+    from service.model.encoder import ModelLoadError, load_encoder
+
+    bad = tmp_path / "hostile"
+    bad.mkdir()
+    shutil.copy2(tiny_model_dir / "config.json", bad / "config.json")
+    marker = tmp_path / "pwned"
+    torch.save({"embeddings.word_embeddings.weight": _Payload(marker)}, bad / "pytorch_model.bin")
+    with pytest.raises(ModelLoadError, match="holds more than tensors"):
+        load_encoder(bad)
+    assert not marker.exists()
