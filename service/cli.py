@@ -341,7 +341,7 @@ def _cmd_reliability(args: argparse.Namespace) -> None:
         x_slo = {"pruned": args.x_slo_pruned, "dense": args.x_slo_dense}
     try:
         summary = run_reliability(out_dir=args.out_dir, artifacts=args.artifacts, x_slo_rps=x_slo,
-                                  overload_s=args.overload_s, soak_s=args.soak_s,
+                                  overload_s=args.overload_s, soak_s=args.soak_s, overload_rps=args.overload_rps,
                                   say=lambda line: print(line, flush=True))
     except (DemoError, LoadTestError, RuntimeError) as e:
         raise CliError(_one_line(e)) from None
@@ -448,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     re_.add_argument("--x-slo-pruned", type=float, help="pruned X_slo, req/s (default: measured by a sweep)")
     re_.add_argument("--x-slo-dense", type=float, help="dense X_slo, req/s (default: measured by a sweep)")
     re_.add_argument("--overload-s", type=float, default=60.0, help="length of the 3x burst, seconds")
+    re_.add_argument("--overload-rps", type=float,
+                     help="offered rate of the burst when more than 3x X_slo (default: 3x X_slo, or twice the "
+                          "highest rate the sweep saw the pruned variant carry, whichever is more)")
     re_.add_argument("--soak-s", type=float, default=600.0, help="length of the soak, seconds")
     re_.add_argument("--out-dir", type=Path, default=Path("results") / "reliability")
     re_.set_defaults(func=_cmd_reliability)

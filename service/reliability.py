@@ -431,12 +431,13 @@ def _set_weights(url: str, token: str, dense: float) -> dict[str, float]:
 
 def run_reliability(*, out_dir: Path = Path("results") / "reliability", artifacts: Path | None = None,
                     x_slo_rps: dict[str, float] | None = None, overload_s: float = 60.0, soak_s: float = 600.0,
-                    say: Callable[[str], None] = print) -> dict:
+                    overload_rps: float | None = None, say: Callable[[str], None] = print) -> dict:
     """Serve the artifacts in the background and run every scenario at full length; ``summary.json``.
 
     X_slo per variant comes from a Locust step sweep (the definition the cost report uses) unless
     given. Rates are chosen so that each scenario tests what it names: overload offers 3x the
-    pruned variant's X_slo to that variant (pinned: routed overflow would fall back to dense);
+    pruned variant's X_slo to that variant, or twice the highest rate the sweep saw it carry, or
+    ``overload_rps``, whichever is most (pinned: routed overflow would fall back to dense);
     the failure scenarios run at a rate either variant can carry alone, since the survivor takes
     everything; the soak runs routed traffic with each variant at half its own X_slo. The summary
     is rewritten after every scenario, so an interrupted run keeps what it measured.
@@ -490,7 +491,7 @@ def run_reliability(*, out_dir: Path = Path("results") / "reliability", artifact
 
         # At least 3x X_slo; more when the sweep saw the variant carry more than that (X_slo is set
         # by p99, which noise on a shared machine can pull far below what the variant can carry).
-        factor = max(3.0, 2.0 * achieved / x_pruned)
+        factor = max(3.0, 2.0 * achieved / x_pruned, (overload_rps or 0.0) / x_pruned)
         summary["overload_factor"] = factor
         say(f"overload: {factor * x_pruned:.1f} req/s ({factor:.1f}x X_slo) pinned to pruned for {overload_s:g} s")
         r = overload(url, x_slo_rps=x_pruned, slo_p99_ms=slo.slo_p99_ms, factor=factor, duration_s=overload_s)

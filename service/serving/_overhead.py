@@ -14,6 +14,10 @@ same text five ways, interleaved round by round so a noisy neighbour hits all of
 
 It runs twice: with the configured batch wait and with batch_wait_timeout_s = 0, because at low
 load a lone request waits the whole batching window for company.
+
+With ``--capacity`` it measures throughput instead: texts per second of the pruned variant in
+this process and through HTTP (``--concurrency`` requests in flight), at the same number of
+texts per request, in interleaved rounds (results/serving_capacity.json).
 """
 
 from __future__ import annotations
@@ -112,13 +116,112 @@ def measure(artifacts: Path, runs: int, waits: list[float]) -> OverheadResult:
                           hardware=hardware_description(), runs=runs, text=TEXT, rows=rows)
 
 
+class CapacityRow(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    texts_per_request: int
+    in_process_texts_per_s: float  # median over rounds
+    http_texts_per_s: float
+    ratio: float  # http / in_process
+    http_concurrency: int
+
+
+def _texts(n: int, offset: int = 0) -> list[str]:
+    return [f"{TEXT} Request {offset + i} of the capacity run." for i in range(n)]
+
+
+async def _http_throughput(url: str, batch: int, concurrency: int, seconds: float) -> float:
+    import asyncio
+
+    import httpx
+
+    done = 0
+    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+        deadline = time.perf_counter() + seconds
+
+        async def client(k: int) -> None:
+            nonlocal done
+            i = 0
+            while time.perf_counter() < deadline:
+                r = await http.post("/v1/embeddings", json={"input": _texts(batch, k * 1000 + i),
+                                                            "model": "twinserve-pruned", "encoding_format": "base64"})
+                r.raise_for_status()
+                done += batch
+                i += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(k) for k in range(concurrency)))
+        return done / (time.perf_counter() - t0)
+
+
+def capacity(artifacts: Path, batches: list[int], seconds: float, rounds: int, concurrency: int) -> list[CapacityRow]:
+    """Texts per second of the pruned variant in this process vs through HTTP, at the same batch
+    sizes (texts per request), rounds interleaved; the replica and the in-process session both
+    run ONNX Runtime with one intra-op thread (the replica's num_cpus)."""
+    import asyncio
+    import statistics
+
+    import ray
+    from ray import serve
+
+    from service._net import wait_ready
+    from service.model.backends import OnnxBackend
+    from service.serving.app import build_app
+
+    backend = OnnxBackend(artifacts, variant="pruned", threads=1)
+    backend.load()
+    port = 8000 + os.getpid() % 1000
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app({"artifact_dir": str(artifacts), "dense": {"num_cpus": 0.5},
+                             "pruned": {"num_cpus": 1}}), name="capacity", route_prefix="/")
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url, 120)
+        rows = []
+        for batch in batches:
+            asyncio.run(_http_throughput(url, batch, concurrency, 2.0))  # warm-up
+            local, remote = [], []
+            for r in range(rounds):
+                n, t0 = 0, time.perf_counter()
+                while time.perf_counter() - t0 < seconds:
+                    backend.embed(_texts(batch, n))
+                    n += batch
+                local.append(n / (time.perf_counter() - t0))
+                remote.append(asyncio.run(_http_throughput(url, batch, concurrency, seconds)))
+            lo, re_ = statistics.median(local), statistics.median(remote)
+            rows.append(CapacityRow(texts_per_request=batch, in_process_texts_per_s=round(lo, 1),
+                                    http_texts_per_s=round(re_, 1), ratio=round(re_ / lo, 3),
+                                    http_concurrency=concurrency))
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--artifacts", type=Path, required=True)
     p.add_argument("--runs", type=int, default=300)
     p.add_argument("--waits", type=float, nargs="+", default=[0.005, 0.0], help="batch_wait_timeout_s values")
     p.add_argument("--out", type=Path, default=Path("results/serving_overhead.json"))
+    p.add_argument("--capacity", action="store_true",
+                   help="measure throughput, in-process vs HTTP at the same batch sizes, instead")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32], help="texts per request (--capacity)")
+    p.add_argument("--seconds", type=float, default=10.0, help="seconds per measurement (--capacity)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per batch size (--capacity)")
+    p.add_argument("--concurrency", type=int, default=4, help="HTTP requests in flight (--capacity)")
     args = p.parse_args()
+    if args.capacity:
+        rows = capacity(args.artifacts.resolve(), args.batches, args.seconds, args.rounds, args.concurrency)
+        out = args.out.with_name("serving_capacity.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps([r.model_dump() for r in rows], indent=2) + "\n")
+        for r in rows:
+            print(f"{r.texts_per_request:3d} texts/request: in-process {r.in_process_texts_per_s:8.1f} texts/s, "
+                  f"HTTP {r.http_texts_per_s:8.1f} texts/s ({r.ratio:.0%})")
+        print(f"written to {out}")
+        return
     result = measure(args.artifacts.resolve(), args.runs, args.waits)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(result.model_dump_json(indent=2) + "\n")

@@ -58,15 +58,7 @@ def test_schemathesis_fuzz_of_every_operation_gives_no_5xx(serve_app):
             body_op = op.method.upper() in ("POST", "PUT")
             # Negative cases need something typed to break: a body. A path parameter is any string.
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)[: 2 if body_op else 1]:
-                @_fuzz(300 if body_op else 40)
-                @given(case=op.as_strategy(generation_mode=mode))
-                def run(case, key=f"{op.method.upper()} {op.path} {mode.value}") -> None:
-                    kw = case.as_transport_kwargs(base_url=serve_app.url)
-                    r = http.request(kw["method"], kw["url"], headers=kw.get("headers"), params=kw.get("params"),
-                                     content=_encode(kw))
-                    counts[key] += 1
-                    _assert_well_behaved(r, f"{case.method} {case.formatted_path} {kw.get('json')!r:.200}")
-
+                run = _schemathesis_test(op, mode, http, serve_app.url, counts, 300 if body_op else 40)
                 try:
                     run()
                 finally:
@@ -74,6 +66,22 @@ def test_schemathesis_fuzz_of_every_operation_gives_no_5xx(serve_app):
     print("schemathesis cases:", dict(counts))
     assert sum(counts.values()) >= SCHEMATHESIS_MIN_CASES
     assert serve_app.http.post("/v1/embeddings", json={"input": "still here"}).status_code == 200
+
+
+def _schemathesis_test(op, mode: GenerationMode, http: httpx.Client, url: str, counts: Counter,
+                       max_examples: int):
+    key = f"{op.method.upper()} {op.path} {mode.value}"
+
+    @_fuzz(max_examples)
+    @given(case=op.as_strategy(generation_mode=mode))
+    def run(case) -> None:
+        kw = case.as_transport_kwargs(base_url=url)
+        r = http.request(kw["method"], kw["url"], headers=kw.get("headers"), params=kw.get("params"),
+                         content=_encode(kw))
+        counts[key] += 1
+        _assert_well_behaved(r, f"{case.method} {case.formatted_path} {kw.get('json')!r:.200}")
+
+    return run
 
 
 def _encode(kw: dict) -> bytes | None:

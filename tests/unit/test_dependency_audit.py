@@ -46,10 +46,9 @@ def test_no_unlisted_known_vulnerabilities_in_the_installed_dependencies():
 
 def _latest_release_fallback(deps: list[dict], known: set[str]) -> None:
     from concurrent.futures import ThreadPoolExecutor
+    from importlib.metadata import PackageNotFoundError, version
 
     import httpx
-
-    from importlib.metadata import PackageNotFoundError, version
 
     def project(d: dict) -> tuple[dict, dict | None]:
         if "version" not in d:  # pip-audit leaves it out of skipped entries
