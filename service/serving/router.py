@@ -194,13 +194,7 @@ class Router:
     async def _probe(self, variant: str) -> None:
         """A metadata call per period. A dead replica does not fail the handle's calls: Ray queues them
         until a new replica is up; so down is "no answer within health_timeout_s", not an error."""
-        try:
-            await asyncio.wait_for(self.handles[variant].metadata.remote(), self.cfg.router.health_timeout_s)
-            up = True
-        except BackPressureError:
-            up = True  # busy, not down: its queue is full and it says so at once
-        except Exception:  # noqa: BLE001 - timeout, dead actor, anything: not answering
-            up = False
+        up = await self._answers(variant, self.cfg.router.health_timeout_s)
         event = self._down[variant]
         if up == event.is_set():
             log.warning("twinserve router: %s variant is %s", variant, "up again" if up else
@@ -356,12 +350,18 @@ class Router:
                 return None
         return self._meta[variant]
 
-    async def _ready(self, variant: str) -> bool:
+    async def _answers(self, variant: str, timeout_s: float) -> bool:
+        """Does a replica of the variant answer a metadata call within ``timeout_s``?"""
         try:
-            await asyncio.wait_for(self.handles[variant].metadata.remote(), 5.0)
+            await asyncio.wait_for(self.handles[variant].metadata.remote(), timeout_s)
             return True
-        except Exception:  # noqa: BLE001
+        except BackPressureError:
+            return True  # busy, not down: its queue is full and it says so at once
+        except Exception:  # noqa: BLE001 - timeout, dead actor, anything: not answering
             return False
+
+    async def _ready(self, variant: str) -> bool:
+        return await self._answers(variant, 5.0)
 
     @api.get("/v2", summary="v2 server metadata")
     async def server_metadata(self) -> dict:
