@@ -136,15 +136,10 @@ class LoadSummary(BaseModel):
         return self.failed / self.sent if self.sent else 0.0
 
 
-def _pct(values: Sequence[float], q: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))]
-
-
 def summarise(answers: Sequence[Answer], offered_rps: float, duration_s: float) -> LoadSummary:
-    ok = [a.latency_s * 1000 for a in answers if a.status == 200]
+    from service.cost.loadtest import percentile  # nearest rank: the same percentiles as the load tests
+
+    ok = sorted(a.latency_s * 1000 for a in answers if a.status == 200)
     shed = [a for a in answers if a.status in (429, 503)]
     return LoadSummary(
         offered_rps=offered_rps, duration_s=duration_s, sent=len(answers), ok=len(ok), shed=len(shed),
@@ -153,7 +148,7 @@ def summarise(answers: Sequence[Answer], offered_rps: float, duration_s: float) 
         by_status={str(k): v for k, v in sorted(Counter(a.status for a in answers).items())},
         by_route={k: v for k, v in sorted(Counter(f"{a.variant}/{a.reason}" for a in answers
                                                   if a.status == 200).items())},
-        ok_p50_ms=_pct(ok, 0.5), ok_p99_ms=_pct(ok, 0.99))
+        ok_p50_ms=percentile(ok, 50) if ok else None, ok_p99_ms=percentile(ok, 99) if ok else None)
 
 
 # ---- replica processes ------------------------------------------------------------------------------
