@@ -116,7 +116,8 @@ def _openai_body():
 
 
 def _v2_body():
-    well_formed = st.lists(_TEXT, min_size=1, max_size=5).map(
+    plain = st.text(alphabet=st.characters(codec="utf-8"), min_size=1, max_size=80).filter(str.strip)
+    well_formed = st.lists(plain | _TEXT, min_size=1, max_size=5).map(
         lambda d: {"name": "text", "datatype": "BYTES", "shape": [len(d)], "data": d})
     tensor = well_formed | st.fixed_dictionaries(
         {"name": st.one_of(st.just("text"), _TEXT), "datatype": st.sampled_from(["BYTES", "FP32", "INT64", "x"]),
