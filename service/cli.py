@@ -280,8 +280,11 @@ def _cmd_serve(args: argparse.Namespace) -> None:
 
     # Logical CPUs are reservations: never fewer than the application asks for, even on 2 cores.
     wanted = cfg.dense.num_cpus + cfg.pruned.num_cpus + cfg.router.num_cpus
+    # log_to_driver off: forwarding every replica's access-log line to this terminal cost so much
+    # CPU on 2 cores that a 130 req/s burst collapsed (p99 30 s) where it is carried without it
+    # (p99 0.26 s; BENCHMARKS.md). The logs stay in Ray's session directory, printed below.
     ray.init(num_cpus=max(os.cpu_count() or 1, int(wanted + 0.999)), include_dashboard=False,
-             _metrics_export_port=args.metrics_port)
+             log_to_driver=False, _metrics_export_port=args.metrics_port)
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
         serve.run(build_app(cfg), name="twinserve", route_prefix="/")
@@ -296,6 +299,8 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         if args.metrics_port:
             print(f"  metrics (Prometheus text) at http://127.0.0.1:{args.metrics_port}/metrics; "
                   "scrape it with deploy/prometheus.yml")
+        logs = ray._private.worker._global_node.get_logs_dir_path()  # no public accessor in Ray 2.60
+        print(f"  replica and access logs: {logs}/serve/")
         if not os.environ.get("TWINSERVE_ADMIN_TOKEN"):
             print("  admin endpoint disabled: set TWINSERVE_ADMIN_TOKEN to change weights with PUT /admin/routing")
         sys.stdout.flush()
