@@ -25,6 +25,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -311,9 +312,8 @@ def replica_failure(url: str, deployment: str, *, weights: dict[str, float], rat
     """
     variant = deployment.lower()
     base = fallback_count(metrics_url) if metrics_url else None
-    holder: dict[str, list[Answer]] = {}
-    loader = threading.Thread(target=lambda: holder.setdefault("a", drive(url, rate_rps, duration_s, users=0)))
-    loader.start()
+    pool = ThreadPoolExecutor(1)
+    loading = pool.submit(drive, url, rate_rps, duration_s)  # routed: no pin, no user key
     time.sleep(kill_at_s)
     killed = kill_replicas(deployment, app)
     t_kill = time.monotonic()
@@ -324,8 +324,8 @@ def replica_failure(url: str, deployment: str, *, weights: dict[str, float], rat
             break
         time.sleep(0.2)
     replaced_after = time.monotonic() - t_kill if new else None
-    loader.join()
-    load = summarise(holder["a"], rate_rps, duration_s)
+    load = summarise(loading.result(), rate_rps, duration_s)  # the driver's own exception, if it had one
+    pool.shutdown()
     fallbacks = sum(v for k, v in load.by_route.items() if k.endswith("/fallback"))
 
     metric_delta = None

@@ -13,6 +13,7 @@ import hmac
 import logging
 import random
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -92,9 +93,22 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
                                    "type": "internal_error"}}, status_code=500)
 
 
+@dataclass(frozen=True)
+class _Failure:
+    """A failed inference request, the same for both APIs; each endpoint writes it in its own format."""
+
+    metric_status: str
+    status: int
+    message: str
+    headers: dict[str, str]
+    param: str | None = None
+    code: str | None = None
+
+
 _UNAVAILABLE = (DeploymentUnavailableError, ReplicaUnavailableError, RayActorError, ActorDiedError,
                 ActorUnavailableError)
 _INPUT_NAME, _OUTPUT_NAME = "text", "embedding"
+_REQUEST_FAILURES = (InputError, RoutingError, VariantUnavailable, TimeoutError)
 
 
 def _openai_error(status: int, message: str, *, param: str | None = None, code: str | None = None,
@@ -260,6 +274,24 @@ class Router:
     def _unavailable_headers(self, route: Route | None) -> dict[str, str]:
         return {**self._route_headers(route), "Retry-After": str(self.cfg.router.retry_after_s)}
 
+    def _failure(self, e: Exception, t0: float, route: Route | None) -> _Failure:
+        """What a failed inference request answers, whichever API it came through; counted in the metrics."""
+        retry_s, timeout_s = self.cfg.router.retry_after_s, self.cfg.router.variant_timeout_s
+        if isinstance(e, InputError):
+            f = _Failure("bad_request", e.status, str(e), self._route_headers(route), param=e.param)
+        elif isinstance(e, RoutingError):  # raised while choosing, so there is no route yet
+            unknown = str(e).startswith("unknown model")
+            f = _Failure("bad_request", 404 if unknown else 400, str(e), self._route_headers(None),
+                         param="model" if unknown else None, code="model_not_found" if unknown else None)
+        elif isinstance(e, VariantUnavailable):
+            f = _Failure("shed" if e.shed else "unavailable", 429 if e.shed else 503,
+                         f"{e}; retry after {retry_s} s", self._unavailable_headers(route))
+        else:  # TimeoutError
+            f = _Failure("timeout", 503, f"no answer within {timeout_s} s; retry later",
+                         self._unavailable_headers(route))
+        self._record(t0, route, f.metric_status)
+        return f
+
     # ---- shadow --------------------------------------------------------------------------------
 
     def _maybe_shadow(self, route: Route, texts: list[str], primary: np.ndarray) -> None:
@@ -321,22 +353,9 @@ class Router:
                 raise InputError(f"dimensions={req.dimensions} is not supported; this model returns "
                                  f"{emb.shape[1]} dimensions (omit the field)", param="dimensions")
             content = embedding_response(emb, f"twinserve-{route.variant}", n_tokens, req.encoding_format)
-        except InputError as e:
-            self._record(t0, route, "bad_request")
-            return _openai_error(e.status, str(e), param=e.param, headers=self._route_headers(route))
-        except RoutingError as e:
-            self._record(t0, None, "bad_request")
-            unknown = str(e).startswith("unknown model")
-            return _openai_error(404 if unknown else 400, str(e), param="model" if unknown else None,
-                                 code="model_not_found" if unknown else None, headers=self._route_headers(None))
-        except VariantUnavailable as e:
-            self._record(t0, route, "shed" if e.shed else "unavailable")
-            return _openai_error(429 if e.shed else 503, f"{e}; retry after {self.cfg.router.retry_after_s} s",
-                                 headers=self._unavailable_headers(route))
-        except TimeoutError:
-            self._record(t0, route, "timeout")
-            return _openai_error(503, f"no answer within {self.cfg.router.variant_timeout_s} s; retry later",
-                                 headers=self._unavailable_headers(route))
+        except _REQUEST_FAILURES as e:
+            f = self._failure(e, t0, route)
+            return _openai_error(f.status, f.message, param=f.param, code=f.code, headers=f.headers)
         self._record(t0, route, "ok")
         return Response(content, media_type="application/json", headers=self._route_headers(route))
 
@@ -438,21 +457,9 @@ class Router:
             route = self._route(name, request, user if isinstance(user, str) else None)
             emb, route = await self._embed(route, texts)
             content, json_len = infer_response(emb, name, req.id, _OUTPUT_NAME, want_binary)
-        except InputError as e:
-            self._record(t0, route, "bad_request")
-            return _v2_error(e.status, str(e), headers=self._route_headers(route))
-        except RoutingError as e:
-            self._record(t0, None, "bad_request")
-            return _v2_error(404 if str(e).startswith("unknown model") else 400, str(e),
-                             headers=self._route_headers(None))
-        except VariantUnavailable as e:
-            self._record(t0, route, "shed" if e.shed else "unavailable")
-            return _v2_error(429 if e.shed else 503, f"{e}; retry after {self.cfg.router.retry_after_s} s",
-                             headers=self._unavailable_headers(route))
-        except TimeoutError:
-            self._record(t0, route, "timeout")
-            return _v2_error(503, f"no answer within {self.cfg.router.variant_timeout_s} s; retry later",
-                             headers=self._unavailable_headers(route))
+        except _REQUEST_FAILURES as e:
+            f = self._failure(e, t0, route)
+            return _v2_error(f.status, f.message, headers=f.headers)
         self._record(t0, route, "ok")
         headers = self._route_headers(route)
         if json_len is not None:
