@@ -24,13 +24,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
+
+from service._net import free_port
 
 TEXT = "How long does one request spend outside the model?"
 
@@ -59,9 +62,24 @@ def _pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.array(xs) * 1e3, q))
 
 
+@contextmanager
+def _serve_instance() -> Iterator[int]:
+    """A private Ray instance with Serve listening on a local port (yielded); shut down after."""
+    import ray
+    from ray import serve
+
+    port = free_port()
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        yield port
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
 def measure(artifacts: Path, runs: int, waits: list[float]) -> OverheadResult:
     import httpx
-    import ray
     from ray import serve
 
     from service.bench import hardware_description
@@ -75,11 +93,8 @@ def measure(artifacts: Path, runs: int, waits: list[float]) -> OverheadResult:
     raw_body = json.dumps(body).encode()
     emb = backend.embed([TEXT])
 
-    port = 8000 + os.getpid() % 1000
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     rows = []
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+    with _serve_instance() as port:
         for wait in waits:
             cfg = {"artifact_dir": str(artifacts), "dense": {"num_cpus": 0.5},
                    "pruned": {"num_cpus": 1, "batch_wait_timeout_s": wait}}
@@ -109,9 +124,6 @@ def measure(artifacts: Path, runs: int, waits: list[float]) -> OverheadResult:
                                     p90_ms={k: round(_pct(v, 90), 3) for k, v in t.items()},
                                     overhead_p50_ms=round(p50["http_embed"] - p50["in_process"], 3)))
             serve.delete("overhead")
-    finally:
-        serve.shutdown()
-        ray.shutdown()
     return OverheadResult(created_at=datetime.now(timezone.utc), artifact_dir=str(artifacts),
                           hardware=hardware_description(), runs=runs, text=TEXT, rows=rows)
 
@@ -161,7 +173,6 @@ def capacity(artifacts: Path, batches: list[int], seconds: float, rounds: int, c
     import asyncio
     import statistics
 
-    import ray
     from ray import serve
 
     from service._net import wait_ready
@@ -170,10 +181,7 @@ def capacity(artifacts: Path, batches: list[int], seconds: float, rounds: int, c
 
     backend = OnnxBackend(artifacts, variant="pruned", threads=1)
     backend.load()
-    port = 8000 + os.getpid() % 1000
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+    with _serve_instance() as port:
         serve.run(build_app({"artifact_dir": str(artifacts), "dense": {"num_cpus": 0.5},
                              "pruned": {"num_cpus": 1}}), name="capacity", route_prefix="/")
         url = f"http://127.0.0.1:{port}"
@@ -193,9 +201,6 @@ def capacity(artifacts: Path, batches: list[int], seconds: float, rounds: int, c
             rows.append(CapacityRow(texts_per_request=batch, in_process_texts_per_s=round(lo, 1),
                                     http_texts_per_s=round(re_, 1), ratio=round(re_ / lo, 3),
                                     http_concurrency=concurrency))
-    finally:
-        serve.shutdown()
-        ray.shutdown()
     return rows
 
 
