@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["main"]
@@ -226,6 +227,18 @@ def _add_cost_commands(sub) -> None:
     rp.add_argument("--out-dir", type=Path, default=Path("results") / "report")
     rp.set_defaults(func=_cmd_report)
 
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        v = int(text)
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {v}")
+        return v
+    return parse
+
+
+_non_negative_int, _positive_int = _int_at_least(0), _int_at_least(1)
+
+
 def _weight(text: str) -> float:
     v = float(text)
     if not 0.0 <= v <= 1.0:
@@ -236,9 +249,12 @@ def _weight(text: str) -> float:
 def _cmd_serve(args: argparse.Namespace) -> None:
     import os
     import time
+    from contextlib import ExitStack
 
+    from service._net import free_port
     from service.pruning.manifest import MANIFEST_FILE, verify_artifacts
     from service.serving.config import RoutingConfig, ServingConfig, VariantConfig
+    from service.serving.edge import Edge, EdgeConfig, EdgeError, ray_haproxy_environment
     from service.settings import default_artifact_dir
 
     default = default_artifact_dir()
@@ -261,10 +277,16 @@ def _cmd_serve(args: argparse.Namespace) -> None:
             routing=RoutingConfig(weights={"dense": args.dense_weight, "pruned": 1.0 - args.dense_weight},
                                   shadow_fraction=args.shadow_fraction),
         )
+        edge = (EdgeConfig(max_in_flight=args.max_in_flight, queue_timeout_ms=args.queue_timeout_ms,
+                           retry_after_s=cfg.router.retry_after_s) if args.max_in_flight else None)
     except ValueError as e:
         raise CliError(str(e)) from None
 
     import signal
+
+    if args.ray_ingress == "haproxy":
+        # Read by Ray at import and inherited by every process of the cluster ray.init starts below.
+        os.environ.update(ray_haproxy_environment(metrics_port=free_port("0.0.0.0"), stats_port=free_port("0.0.0.0")))
 
     import ray
     from ray import serve
@@ -285,37 +307,61 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     # (p99 0.26 s; BENCHMARKS.md). The logs stay in Ray's session directory, printed below.
     ray.init(num_cpus=max(os.cpu_count() or 1, int(wanted + 0.999)), include_dashboard=False,
              log_to_driver=False, _metrics_export_port=args.metrics_port)
-    try:
-        serve.start(http_options={"host": args.host, "port": args.port})
-        serve.run(build_app(cfg), name="twinserve", route_prefix="/")
-        host = "localhost" if args.host in ("0.0.0.0", "::") else args.host
-        url = f"http://{host}:{args.port}"
-        print(f"\ntwinserve is serving {art} at {url}  (dense weight {args.dense_weight:g}, "
-              f"shadow {args.shadow_fraction:g}; Ctrl-C stops it)\n")
-        print(f"  curl -s {url}/v1/embeddings -H 'Content-Type: application/json' \\\n"
-              f"       -d '{{\"input\": [\"hello world\"], \"model\": \"twinserve\"}}' -D - | head -c 600\n")
-        print(f"  models: twinserve (routed), twinserve-dense, twinserve-pruned; v2 API under {url}/v2; "
-              f"docs at {url}/docs")
-        if args.metrics_port:
-            print(f"  metrics (Prometheus text) at http://127.0.0.1:{args.metrics_port}/metrics; "
-                  "scrape it with deploy/prometheus.yml")
-        logs = ray._private.worker._global_node.get_logs_dir_path()  # no public accessor in Ray 2.60
-        print(f"  replica and access logs: {logs}/serve/")
-        if not os.environ.get("TWINSERVE_ADMIN_TOKEN"):
-            print("  admin endpoint disabled: set TWINSERVE_ADMIN_TOKEN to change weights with PUT /admin/routing")
-        sys.stdout.flush()
-        while True:
-            time.sleep(1.0)
-    except KeyboardInterrupt:
-        print("\ntwinserve serve: stopping", file=sys.stderr)
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
+    failed = False
+    with ExitStack() as stack:
         try:
-            serve.shutdown()
+            # Behind the edge, Ray Serve listens on a loopback port of its own; without it, on the public one.
+            http = {"host": "127.0.0.1", "port": free_port()} if edge else {"host": args.host, "port": args.port}
+            serve.start(http_options=http)
+            serve.run(build_app(cfg), name="twinserve", route_prefix="/")
+            if edge:
+                stack.enter_context(Edge(edge, listen_host=args.host, listen_port=args.port,
+                                         backend_port=http["port"]))
+            _announce(args, art)
+            while True:
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            print("\ntwinserve serve: stopping", file=sys.stderr)
+        except EdgeError as e:
+            print(f"twinserve serve: {e}", file=sys.stderr)
+            failed = True
         finally:
-            ray.shutdown()
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
+            stack.close()  # the edge first: nothing new comes in while Serve shuts down
+            try:
+                serve.shutdown()
+            finally:
+                ray.shutdown()
+                signal.signal(signal.SIGINT, signal.default_int_handler)
     print("twinserve serve: stopped")
+    if failed:
+        raise CliError("the edge did not start (see above)")
+
+
+def _announce(args: argparse.Namespace, art: Path) -> None:
+    import os
+
+    import ray
+
+    host = "localhost" if args.host in ("0.0.0.0", "::") else args.host
+    url = f"http://{host}:{args.port}"
+    print(f"\ntwinserve is serving {art} at {url}  (dense weight {args.dense_weight:g}, "
+          f"shadow {args.shadow_fraction:g}; Ctrl-C stops it)\n")
+    print(f"  curl -s {url}/v1/embeddings -H 'Content-Type: application/json' \\\n"
+          f"       -d '{{\"input\": [\"hello world\"], \"model\": \"twinserve\"}}' -D - | head -c 600\n")
+    print(f"  models: twinserve (routed), twinserve-dense, twinserve-pruned; v2 API under {url}/v2; "
+          f"docs at {url}/docs")
+    if args.metrics_port:
+        print(f"  metrics (Prometheus text) at http://127.0.0.1:{args.metrics_port}/metrics; "
+              "scrape it with deploy/prometheus.yml")
+    if args.max_in_flight:
+        print(f"  admission: at most {args.max_in_flight} requests inside at once; the next wait up to "
+              f"{args.queue_timeout_ms} ms at the edge (HAProxy), then 503 with Retry-After")
+    logs = ray._private.worker._global_node.get_logs_dir_path()  # no public accessor in Ray 2.60
+    print(f"  replica and access logs: {logs}/serve/")
+    if not os.environ.get("TWINSERVE_ADMIN_TOKEN"):
+        print("  admin endpoint disabled: set TWINSERVE_ADMIN_TOKEN to change weights with PUT /admin/routing")
+    sys.stdout.flush()
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -420,6 +466,15 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--metrics-port", type=int,
                     help="Ray's metrics export port, for Prometheus (deploy/prometheus.yml expects 8080); "
                          "default: a port Ray picks")
+    se.add_argument("--max-in-flight", type=_non_negative_int, default=8,
+                    help="admission at the edge (HAProxy on --port): requests inside Ray Serve at once; "
+                         "0 serves without the edge, Ray Serve on --port itself (default: 8, sized for 2 cores)")
+    se.add_argument("--queue-timeout-ms", type=_positive_int, default=50,
+                    help="how long a request may wait at the edge for a slot before a 503 with Retry-After "
+                         "(default: 50)")
+    se.add_argument("--ray-ingress", choices=("haproxy", "proxy"), default="haproxy",
+                    help="how requests enter Ray Serve: its HAProxy ingress straight to the router replica "
+                         "(default; about half the overhead on 2 cores), or its Python proxy actor")
     se.set_defaults(func=_cmd_serve)
 
     de = sub.add_parser(

