@@ -132,6 +132,7 @@ class Edge:
         conf.write_text(render_config(self.cfg, listen_host=self.listen_host, listen_port=self.listen_port,
                                       backend_port=self.backend_port, error_dir=d))
         binary = haproxy_binary()
+        self._check_port_free()
         check = subprocess.run([binary, "-c", "-q", "-f", str(conf)], capture_output=True, text=True)
         if check.returncode != 0:
             self._cleanup()
@@ -142,6 +143,19 @@ class Edge:
                                      stdin=subprocess.DEVNULL)
         self._wait_listening()
         return self
+
+    def _check_port_free(self) -> None:
+        """HAProxy binds with SO_REUSEPORT, and a connect test would reach whoever holds the port."""
+        import socket
+
+        family = socket.AF_INET6 if ":" in self.listen_host else socket.AF_INET
+        with socket.socket(family) as sock:
+            try:
+                sock.bind((self.listen_host, self.listen_port))
+            except OSError as e:
+                self._cleanup()
+                raise EdgeError(f"HAProxy cannot listen on {self.listen_host}:{self.listen_port}: {e.strerror}; "
+                                "choose another --port") from None
 
     def _wait_listening(self, timeout_s: float = 10.0) -> None:
         import socket

@@ -21,9 +21,10 @@ from service._net import free_port
 SERVICE_TIME_S = {"dense": 0.004, "pruned": 0.002}
 
 
-def make_app() -> FastAPI:
+def make_app(service_time_s: dict[str, float] | None = None) -> FastAPI:
+    service_time_s = {**SERVICE_TIME_S, **(service_time_s or {})}
     app = FastAPI()
-    locks = {v: asyncio.Lock() for v in SERVICE_TIME_S}
+    locks = {v: asyncio.Lock() for v in service_time_s}
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request):
@@ -34,9 +35,9 @@ def make_app() -> FastAPI:
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts):
             return JSONResponse({"error": {"message": "input must be a non-empty string or list of strings"}}, 400)
         forced = request.headers.get("x-variant")
-        variant, reason = (forced, "override") if forced in SERVICE_TIME_S else ("pruned", "weight")
+        variant, reason = (forced, "override") if forced in service_time_s else ("pruned", "weight")
         async with locks[variant]:
-            await asyncio.sleep(SERVICE_TIME_S[variant])
+            await asyncio.sleep(service_time_s[variant])
         data = [{"object": "embedding", "index": i, "embedding": [0.5, 0.5, 0.5, 0.5]} for i in range(len(texts))]
         return JSONResponse(
             {"object": "list", "data": data, "model": f"twinserve-{variant}",
@@ -46,13 +47,11 @@ def make_app() -> FastAPI:
     return app
 
 
-
-
 class StandinServer:
-    def __init__(self) -> None:
+    def __init__(self, service_time_s: dict[str, float] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(make_app(), host="127.0.0.1", port=self.port,
+        self.server = uvicorn.Server(uvicorn.Config(make_app(service_time_s), host="127.0.0.1", port=self.port,
                                                     log_level="warning", access_log=False))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -1,0 +1,73 @@
+"""The edge, a real HAProxy, in front of a backend: pass-through, admission with Retry-After, JSON errors.
+
+The backend here is the load tests' stand-in server (NOT the service; fake embeddings) with a
+0.5 s service time for the pruned variant and one request at a time, so "the slot is taken"
+lasts far longer than the edge's 50 ms queue wait and the outcome does not depend on timing luck.
+The real service behind the edge is exercised by test_serve_cli.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from service._net import free_port
+from service.serving.edge import Edge, EdgeConfig, EdgeError
+from tests.integration.standin_server import StandinServer
+
+SLOW_S = 0.5
+
+
+@pytest.fixture(scope="module")
+def slow_backend():
+    with StandinServer(service_time_s={"pruned": SLOW_S}) as server:
+        yield server
+
+
+def _edge(backend_port: int, **cfg) -> Edge:
+    return Edge(EdgeConfig(**cfg), listen_host="127.0.0.1", listen_port=free_port(), backend_port=backend_port)
+
+
+def test_requests_and_answers_pass_through_unchanged(slow_backend):
+    with _edge(slow_backend.port) as edge:
+        r = httpx.post(f"{edge.url}/v1/embeddings", json={"input": ["a", "b"]}, headers={"X-Variant": "dense"})
+        assert r.status_code == 200, r.text
+        assert (r.headers["x-variant"], r.headers["x-route-reason"]) == ("dense", "override")
+        assert len(r.json()["data"]) == 2
+        bad = httpx.post(f"{edge.url}/v1/embeddings", json={"input": []})
+        assert bad.status_code == 400 and "non-empty" in bad.json()["error"]["message"]
+
+
+async def _concurrent(url: str, n: int) -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        return await asyncio.gather(*(http.post("/v1/embeddings", json={"input": f"text {i}"}) for i in range(n)))
+
+
+def test_beyond_max_in_flight_requests_wait_then_are_shed_with_json_and_retry_after(slow_backend):
+    with _edge(slow_backend.port, max_in_flight=1, queue_timeout_ms=50, retry_after_s=3) as edge:
+        answers = asyncio.run(_concurrent(edge.url, 6))
+        ok = [r for r in answers if r.status_code == 200]
+        shed = [r for r in answers if r.status_code == 503]
+        # One slot, held 0.5 s; a 50 ms queue: the first is served, the others cannot all wait it out.
+        assert len(ok) >= 1 and len(shed) >= 1 and len(ok) + len(shed) == 6, [r.status_code for r in answers]
+        for r in shed:
+            assert r.headers["retry-after"] == "3" and r.headers["content-type"] == "application/json"
+            err = r.json()["error"]
+            assert err["code"] == "overloaded" and "retry after 3 s" in err["message"]
+        # The burst over, the slot is free again.
+        assert httpx.post(f"{edge.url}/v1/embeddings", json={"input": "again"}, timeout=30).status_code == 200
+
+
+def test_a_backend_that_is_not_listening_answers_503_json_not_a_hang():
+    with _edge(free_port()) as edge:  # nothing listens there
+        r = httpx.post(f"{edge.url}/v1/embeddings", json={"input": "x"}, timeout=30)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert r.json()["error"]["code"] == "overloaded"
+
+
+def test_a_port_in_use_is_a_clear_error_and_leaves_nothing_running(slow_backend):
+    with pytest.raises(EdgeError, match="HAProxy"):
+        with Edge(EdgeConfig(), listen_host="127.0.0.1", listen_port=slow_backend.port, backend_port=free_port()):
+            pass
