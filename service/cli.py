@@ -254,7 +254,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     from service._net import free_port
     from service.pruning.manifest import MANIFEST_FILE, verify_artifacts
     from service.serving.config import RoutingConfig, ServingConfig, VariantConfig
-    from service.serving.edge import Edge, EdgeConfig, EdgeError, ray_haproxy_environment
+    from service.serving.edge import Edge, EdgeConfig, EdgeError, check_port_free, ray_haproxy_environment
     from service.settings import default_artifact_dir
 
     default = default_artifact_dir()
@@ -279,7 +279,8 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         )
         edge = (EdgeConfig(max_in_flight=args.max_in_flight, queue_timeout_ms=args.queue_timeout_ms,
                            retry_after_s=cfg.router.retry_after_s) if args.max_in_flight else None)
-    except ValueError as e:
+        check_port_free(args.host, args.port)  # in a second, not after Ray has started
+    except (ValueError, EdgeError) as e:
         raise CliError(str(e)) from None
 
     import signal
@@ -393,7 +394,7 @@ def _cmd_reliability(args: argparse.Namespace) -> None:
     try:
         summary = run_reliability(out_dir=args.out_dir, artifacts=args.artifacts, x_slo_rps=x_slo,
                                   overload_s=args.overload_s, soak_s=args.soak_s, overload_rps=args.overload_rps,
-                                  say=lambda line: print(line, flush=True))
+                                  scenarios=args.scenarios, say=lambda line: print(line, flush=True))
     except (DemoError, LoadTestError, RuntimeError) as e:
         raise CliError(_one_line(e)) from None
     if not summary["passed"]:
@@ -401,6 +402,8 @@ def _cmd_reliability(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from service.reliability import SCENARIOS
+    from service.serving.edge import EdgeConfig
     p = argparse.ArgumentParser(prog="twinserve", description="Serve a dense and a pruned INT8 twin of one encoder.")
     sub = p.add_subparsers(dest="verb", required=True)
 
@@ -466,12 +469,13 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--metrics-port", type=int,
                     help="Ray's metrics export port, for Prometheus (deploy/prometheus.yml expects 8080); "
                          "default: a port Ray picks")
-    se.add_argument("--max-in-flight", type=_non_negative_int, default=8,
+    se.add_argument("--max-in-flight", type=_non_negative_int, default=EdgeConfig().max_in_flight,
                     help="admission at the edge (HAProxy on --port): requests inside Ray Serve at once; "
-                         "0 serves without the edge, Ray Serve on --port itself (default: 8, sized for 2 cores)")
-    se.add_argument("--queue-timeout-ms", type=_positive_int, default=50,
+                         "0 serves without the edge, Ray Serve on --port itself (default: %(default)s, sized "
+                         "for 2 cores)")
+    se.add_argument("--queue-timeout-ms", type=_positive_int, default=EdgeConfig().queue_timeout_ms,
                     help="how long a request may wait at the edge for a slot before a 503 with Retry-After "
-                         "(default: 50)")
+                         "(default: %(default)s)")
     se.add_argument("--ray-ingress", choices=("haproxy", "proxy"), default="haproxy",
                     help="how requests enter Ray Serve: its HAProxy ingress straight to the router replica "
                          "(default; about half the overhead on 2 cores), or its Python proxy actor")
@@ -512,6 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="offered rate of the burst when more than 3x X_slo (default: 3x X_slo, or twice the "
                           "highest rate the sweep saw the pruned variant carry, whichever is more)")
     re_.add_argument("--soak-s", type=float, default=600.0, help="length of the soak, seconds")
+    re_.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS),
+                     help="which scenarios to run, in this order (default: all)")
     re_.add_argument("--out-dir", type=Path, default=Path("results") / "reliability")
     re_.set_defaults(func=_cmd_reliability)
     return p

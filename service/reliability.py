@@ -248,13 +248,18 @@ def _clean_window(url: str, rate_rps: float, window_s: float, slo_p99_ms: float,
 
 def overload(url: str, *, x_slo_rps: float, slo_p99_ms: float = 100.0, factor: float = 3.0,
              duration_s: float = 60.0, variant: str | None = "pruned", recovery_limit_s: float = 10.0,
-             window_s: float = 1.0, app: str = APP) -> OverloadResult:
+             window_s: float = 1.0, warmup_s: float = 5.0, app: str = APP) -> OverloadResult:
     """Offer ``factor`` x X_slo for ``duration_s``, then time the return to clean service.
+
+    A ``warmup_s`` at half X_slo comes first, not counted (as the load-test sweep warms up): the
+    first batches of a fresh replica are slow for reasons that are not overload.
 
     Passes when the service shed (429/503, each with Retry-After) instead of failing, accepted
     requests kept p99 within 2x the SLO, no replica process died, and a window at half X_slo was
     clean (every request 200, p99 within the SLO) within ``recovery_limit_s`` of the burst's end.
     """
+    if warmup_s > 0:
+        drive(url, max(1.0, x_slo_rps / 2), warmup_s, variant=variant)
     before = serve_pids(app)
     rss_before = {d: _rss_mb(p) for d, p in before.items()}
     rate = factor * x_slo_rps
@@ -414,7 +419,8 @@ def soak(url: str, *, rate_rps: float, duration_s: float = 600.0, max_rss_growth
 
 # ---- the full run (`twinserve reliability`, `make reliability`) --------------------------------------
 
-SWEEP_RATES_RPS = (1.0, 2.0, 4.0, 8.0, 16.0, 24.0, 32.0, 48.0, 64.0)
+SCENARIOS = ("overload", "kill", "soak")
+SWEEP_RATES_RPS = (1.0, 2.0, 4.0, 8.0, 16.0, 24.0, 32.0, 48.0, 64.0, 96.0, 128.0)
 
 
 def _set_weights(url: str, token: str, dense: float) -> dict[str, float]:
@@ -426,7 +432,8 @@ def _set_weights(url: str, token: str, dense: float) -> dict[str, float]:
 
 def run_reliability(*, out_dir: Path = Path("results") / "reliability", artifacts: Path | None = None,
                     x_slo_rps: dict[str, float] | None = None, overload_s: float = 60.0, soak_s: float = 600.0,
-                    overload_rps: float | None = None, say: Callable[[str], None] = print) -> dict:
+                    overload_rps: float | None = None, scenarios: Sequence[str] = SCENARIOS,
+                    say: Callable[[str], None] = print) -> dict:
     """Serve the artifacts in the background and run every scenario at full length; ``summary.json``.
 
     X_slo per variant comes from a Locust step sweep (the definition the cost report uses) unless
@@ -435,7 +442,8 @@ def run_reliability(*, out_dir: Path = Path("results") / "reliability", artifact
     ``overload_rps``, whichever is most (pinned: routed overflow would fall back to dense);
     the failure scenarios run at a rate either variant can carry alone, since the survivor takes
     everything; the soak runs routed traffic with each variant at half its own X_slo. The summary
-    is rewritten after every scenario, so an interrupted run keeps what it measured.
+    is rewritten after every scenario, so an interrupted run keeps what it measured. ``scenarios``
+    picks some of ``SCENARIOS``; the summary's verdict covers those that ran.
     """
     import json
     import secrets
@@ -484,38 +492,41 @@ def run_reliability(*, out_dir: Path = Path("results") / "reliability", artifact
         if x_pruned <= 0:
             raise RuntimeError("the pruned variant met the SLO at no rate; nothing to overload against")
 
-        # At least 3x X_slo; more when the sweep saw the variant carry more than that (X_slo is set
-        # by p99, which noise on a shared machine can pull far below what the variant can carry).
-        factor = max(3.0, 2.0 * achieved / x_pruned, (overload_rps or 0.0) / x_pruned)
-        summary["overload_factor"] = factor
-        say(f"overload: {factor * x_pruned:.1f} req/s ({factor:.1f}x X_slo) pinned to pruned for {overload_s:g} s")
-        r = overload(url, x_slo_rps=x_pruned, slo_p99_ms=slo.slo_p99_ms, factor=factor, duration_s=overload_s)
-        summary["scenarios"]["overload"] = r.model_dump(mode="json")
-        save()
-        say(f"  passed={r.passed} shed={r.burst.shed}/{r.burst.sent} accepted p99={r.burst.ok_p99_ms} ms "
-            f"recovery={r.recovery_s} s {'; '.join(r.reasons)}")
-
-        survivor_rate = max(1.0, 0.5 * min(x_pruned, x_dense or x_pruned))
-        weights = _set_weights(url, token, 0.5)
-        for deployment in ("Pruned", "Dense"):
-            say(f"replica failure: SIGKILL {deployment} 10 s into 60 s of routed load at {survivor_rate:g} req/s")
-            r = replica_failure(url, deployment, weights=weights, rate_rps=survivor_rate, duration_s=60,
-                                kill_at_s=10, metrics_url=metrics_url)
-            summary["scenarios"][f"kill_{deployment.lower()}"] = r.model_dump(mode="json")
+        if "overload" in scenarios:
+            # At least 3x X_slo; more when the sweep saw the variant carry more than that (X_slo is set
+            # by p99, which noise on a shared machine can pull far below what the variant can carry).
+            factor = max(3.0, 2.0 * achieved / x_pruned, (overload_rps or 0.0) / x_pruned)
+            summary["overload_factor"] = factor
+            say(f"overload: {factor * x_pruned:.1f} req/s ({factor:.1f}x X_slo) pinned to pruned for {overload_s:g} s")
+            r = overload(url, x_slo_rps=x_pruned, slo_p99_ms=slo.slo_p99_ms, factor=factor, duration_s=overload_s)
+            summary["scenarios"]["overload"] = r.model_dump(mode="json")
             save()
-            say(f"  passed={r.passed} failed={r.load.failed + r.load.shed}/{r.load.sent} "
-                f"fallbacks={r.fallbacks_in_answers} replaced after {r.replaced_after_s} s {'; '.join(r.reasons)}")
+            say(f"  passed={r.passed} shed={r.burst.shed}/{r.burst.sent} accepted p99={r.burst.ok_p99_ms} ms "
+                f"recovery={r.recovery_s} s {'; '.join(r.reasons)}")
 
-        rate = 0.5 * x_pruned
-        dense_share = min(0.5, 0.5 * x_dense / rate) if x_dense else 0.0
-        summary["soak_weights"] = _set_weights(url, token, dense_share)
-        say(f"soak: {rate:g} req/s routed (dense share {dense_share:.3f}: each variant at <= half its X_slo) "
-            f"for {soak_s:g} s")
-        r = soak(url, rate_rps=rate, duration_s=soak_s)
-        summary["scenarios"]["soak"] = r.model_dump(mode="json")
-        save()
-        say(f"  passed={r.passed} ok={r.load.ok}/{r.load.sent} RSS growth "
-            + ", ".join(f"{d} {g:+.1%}" for d, g in r.rss_growth.items()) + f" {'; '.join(r.reasons)}")
+        if "kill" in scenarios:
+            survivor_rate = max(1.0, 0.5 * min(x_pruned, x_dense or x_pruned))
+            weights = _set_weights(url, token, 0.5)
+            for deployment in ("Pruned", "Dense"):
+                say(f"replica failure: SIGKILL {deployment} 10 s into 60 s of routed load at {survivor_rate:g} req/s")
+                r = replica_failure(url, deployment, weights=weights, rate_rps=survivor_rate, duration_s=60,
+                                    kill_at_s=10, metrics_url=metrics_url)
+                summary["scenarios"][f"kill_{deployment.lower()}"] = r.model_dump(mode="json")
+                save()
+                say(f"  passed={r.passed} failed={r.load.failed + r.load.shed}/{r.load.sent} "
+                    f"fallbacks={r.fallbacks_in_answers} replaced after {r.replaced_after_s} s {'; '.join(r.reasons)}")
+
+        if "soak" in scenarios:
+            rate = 0.5 * x_pruned
+            dense_share = min(0.5, 0.5 * x_dense / rate) if x_dense else 0.0
+            summary["soak_weights"] = _set_weights(url, token, dense_share)
+            say(f"soak: {rate:g} req/s routed (dense share {dense_share:.3f}: each variant at <= half its X_slo) "
+                f"for {soak_s:g} s")
+            r = soak(url, rate_rps=rate, duration_s=soak_s)
+            summary["scenarios"]["soak"] = r.model_dump(mode="json")
+            save()
+            say(f"  passed={r.passed} ok={r.load.ok}/{r.load.sent} RSS growth "
+                + ", ".join(f"{d} {g:+.1%}" for d, g in r.rss_growth.items()) + f" {'; '.join(r.reasons)}")
     finally:
         server.stop()
         save()

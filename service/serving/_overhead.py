@@ -8,9 +8,12 @@ same text five ways, interleaved round by round so a noisy neighbour hits all of
 
   in_process      OnnxBackend.embed in this process (tokenise + ONNX Runtime)
   handle          DeploymentHandle -> Pruned.embed (Ray RPC, @serve.batch, thread hop, model)
-  http_live       GET /v2/health/live (proxy + router FastAPI, no model hop)
+  http_live       GET /v2/health/live (ingress + router FastAPI, no model hop)
   http_embed      POST /v1/embeddings, model twinserve-pruned (everything)
   serialise       request parse + response JSON encode for one embedding, in this process
+
+The path is the one `twinserve serve` runs: the edge HAProxy, Ray Serve's HAProxy ingress, the
+router replica; ``--no-edge`` and ``--ray-ingress proxy`` measure the others.
 
 It runs twice: with the configured batch wait and with batch_wait_timeout_s = 0, because at low
 load a lone request waits the whole batching window for company.
@@ -63,22 +66,32 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 @contextmanager
-def _serve_instance() -> Iterator[int]:
-    """A private Ray instance with Serve listening on a local port (yielded); shut down after."""
+def _serve_instance(edge: bool) -> Iterator[str]:
+    """A private Ray instance with Serve on a local port; yields the URL clients use.
+
+    Ray's ingress is whatever the environment says (main() sets it as ``twinserve serve`` does);
+    with ``edge`` the URL is an edge HAProxy's in front of Serve, as ``twinserve serve`` runs it.
+    """
     import ray
     from ray import serve
+
+    from service.serving.edge import Edge, EdgeConfig
 
     port = free_port()
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        yield port
+        if not edge:
+            yield f"http://127.0.0.1:{port}"
+            return
+        with Edge(EdgeConfig(), listen_host="127.0.0.1", listen_port=free_port(), backend_port=port) as e:
+            yield e.url
     finally:
         serve.shutdown()
         ray.shutdown()
 
 
-def measure(artifacts: Path, runs: int, waits: list[float]) -> OverheadResult:
+def measure(artifacts: Path, runs: int, waits: list[float], edge: bool) -> OverheadResult:
     import httpx
     from ray import serve
 
@@ -94,14 +107,14 @@ def measure(artifacts: Path, runs: int, waits: list[float]) -> OverheadResult:
     emb = backend.embed([TEXT])
 
     rows = []
-    with _serve_instance() as port:
+    with _serve_instance(edge) as url:
         for wait in waits:
             cfg = {"artifact_dir": str(artifacts), "dense": {"num_cpus": 0.5},
                    "pruned": {"num_cpus": 1, "batch_wait_timeout_s": wait}}
             serve.run(build_app(cfg), name="overhead", route_prefix="/")
             handle = serve.get_deployment_handle("Pruned", app_name="overhead")
             t = {k: [] for k in ("in_process", "handle", "http_live", "http_embed", "serialise")}
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            with httpx.Client(base_url=url, timeout=30) as http:
                 for _ in range(20):  # warm up every path
                     http.post("/v1/embeddings", json=body).raise_for_status()
                     handle.embed.remote([TEXT]).result()
@@ -166,7 +179,8 @@ async def _http_throughput(url: str, batch: int, concurrency: int, seconds: floa
         return done / (time.perf_counter() - t0)
 
 
-def capacity(artifacts: Path, batches: list[int], seconds: float, rounds: int, concurrency: int) -> list[CapacityRow]:
+def capacity(artifacts: Path, batches: list[int], seconds: float, rounds: int, concurrency: int,
+             edge: bool) -> list[CapacityRow]:
     """Texts per second of the pruned variant in this process vs through HTTP, at the same batch
     sizes (texts per request), rounds interleaved; the replica and the in-process session both
     run ONNX Runtime with one intra-op thread (the replica's num_cpus)."""
@@ -181,16 +195,15 @@ def capacity(artifacts: Path, batches: list[int], seconds: float, rounds: int, c
 
     backend = OnnxBackend(artifacts, variant="pruned", threads=1)
     backend.load()
-    with _serve_instance() as port:
+    with _serve_instance(edge) as url:
         serve.run(build_app({"artifact_dir": str(artifacts), "dense": {"num_cpus": 0.5},
                              "pruned": {"num_cpus": 1}}), name="capacity", route_prefix="/")
-        url = f"http://127.0.0.1:{port}"
         wait_ready(url, 120)
         rows = []
         for batch in batches:
             asyncio.run(_http_throughput(url, batch, concurrency, 2.0))  # warm-up
             local, remote = [], []
-            for r in range(rounds):
+            for _ in range(rounds):
                 n, t0 = 0, time.perf_counter()
                 while time.perf_counter() - t0 < seconds:
                     backend.embed(_texts(batch, n))
@@ -216,9 +229,20 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=10.0, help="seconds per measurement (--capacity)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per batch size (--capacity)")
     p.add_argument("--concurrency", type=int, default=4, help="HTTP requests in flight (--capacity)")
+    p.add_argument("--ray-ingress", choices=("haproxy", "proxy"), default="haproxy",
+                   help="Ray Serve's ingress, as `twinserve serve --ray-ingress` (default: haproxy)")
+    p.add_argument("--edge", action=argparse.BooleanOptionalAction, default=True,
+                   help="put the edge HAProxy in front, as `twinserve serve` does (default: yes)")
     args = p.parse_args()
+    if args.ray_ingress == "haproxy":  # before Ray is imported, as in `twinserve serve`
+        import os
+
+        from service.serving.edge import ray_haproxy_environment
+
+        os.environ.update(ray_haproxy_environment(metrics_port=free_port(), stats_port=free_port()))
     if args.capacity:
-        rows = capacity(args.artifacts.resolve(), args.batches, args.seconds, args.rounds, args.concurrency)
+        rows = capacity(args.artifacts.resolve(), args.batches, args.seconds, args.rounds, args.concurrency,
+                        args.edge)
         out = args.out.with_name("serving_capacity.json")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps([r.model_dump() for r in rows], indent=2) + "\n")
@@ -227,7 +251,7 @@ def main() -> None:
                   f"HTTP {r.http_texts_per_s:8.1f} texts/s ({r.ratio:.0%})")
         print(f"written to {out}")
         return
-    result = measure(args.artifacts.resolve(), args.runs, args.waits)
+    result = measure(args.artifacts.resolve(), args.runs, args.waits, args.edge)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(result.model_dump_json(indent=2) + "\n")
     for row in result.rows:

@@ -40,10 +40,21 @@ def test_serve_weight_must_be_a_fraction(capsys):
 
 def test_serve_admission_flags_are_checked(capsys):
     args = build_parser().parse_args(["serve"])
-    assert (args.max_in_flight, args.queue_timeout_ms, args.ray_ingress) == (8, 50, "haproxy")
+    assert (args.max_in_flight, args.queue_timeout_ms, args.ray_ingress) == (6, 20, "haproxy")
     assert build_parser().parse_args(["serve", "--max-in-flight", "0"]).max_in_flight == 0  # no edge
     for bad in (["--max-in-flight", "-1"], ["--queue-timeout-ms", "0"], ["--ray-ingress", "nginx"]):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["serve", *bad])
     err = capsys.readouterr().err
     assert "must be an integer >= 0, got -1" in err and "must be an integer >= 1, got 0" in err
+
+
+def test_serve_refuses_a_taken_port_before_starting_ray(tiny_artifacts, capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--artifacts", str(tiny_artifacts), "--port", str(port)]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
