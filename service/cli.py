@@ -227,6 +227,7 @@ def _add_cost_commands(sub) -> None:
     rp.add_argument("--out-dir", type=Path, default=Path("results") / "report")
     rp.set_defaults(func=_cmd_report)
 
+
 def _int_at_least(minimum: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         v = int(text)
