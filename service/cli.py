@@ -318,7 +318,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
             serve.run(build_app(cfg), name="twinserve", route_prefix="/")
             if edge:
                 stack.enter_context(Edge(edge, listen_host=args.host, listen_port=args.port,
-                                         backend_port=http["port"]))
+                                         backend_port=http["port"], metrics_port=args.edge_metrics_port))
             _announce(args, art)
             while True:
                 time.sleep(1.0)
@@ -359,6 +359,8 @@ def _announce(args: argparse.Namespace, art: Path) -> None:
     if args.max_in_flight:
         print(f"  admission: at most {args.max_in_flight} requests inside at once; the next wait up to "
               f"{args.queue_timeout_ms} ms at the edge (HAProxy), then 503 with Retry-After")
+        if args.edge_metrics_port:
+            print(f"  edge metrics (what it shed, queue): http://127.0.0.1:{args.edge_metrics_port}/metrics")
     logs = ray._private.worker._global_node.get_logs_dir_path()  # no public accessor in Ray 2.60
     print(f"  replica and access logs: {logs}/serve/")
     if not os.environ.get("TWINSERVE_ADMIN_TOKEN"):
@@ -477,6 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--queue-timeout-ms", type=_positive_int, default=EdgeConfig().queue_timeout_ms,
                     help="how long a request may wait at the edge for a slot before a 503 with Retry-After "
                          "(default: %(default)s)")
+    se.add_argument("--edge-metrics-port", type=_positive_int,
+                    help="HAProxy's Prometheus exporter for the edge on 127.0.0.1:PORT/metrics: requests it shed "
+                         "never reach Ray's metrics (default: off)")
     se.add_argument("--ray-ingress", choices=("haproxy", "proxy"), default="haproxy",
                     help="how requests enter Ray Serve: its HAProxy ingress straight to the router replica "
                          "(default; about half the overhead on 2 cores), or its Python proxy actor")

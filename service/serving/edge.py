@@ -53,8 +53,14 @@ def _error_response(status: int, reason: str, message: str, retry_after_s: int) 
     return "\r\n".join(head) + "\r\n\r\n" + body + "\n"
 
 
-def render_config(cfg: EdgeConfig, *, listen_host: str, listen_port: int, backend_port: int, error_dir: Path) -> str:
-    """haproxy.cfg for the edge; writes the JSON error responses it names into ``error_dir``."""
+def render_config(cfg: EdgeConfig, *, listen_host: str, listen_port: int, backend_port: int, error_dir: Path,
+                  metrics_port: int | None = None) -> str:
+    """haproxy.cfg for the edge; writes the JSON error responses it names into ``error_dir``.
+
+    With ``metrics_port``, HAProxy's Prometheus exporter answers on ``127.0.0.1:metrics_port/metrics``:
+    the requests the edge shed are there (``haproxy_frontend_http_responses_total{proxy="twinserve",
+    code="5xx"}``), and nowhere in Ray's metrics, since they never reached Ray.
+    """
     errors = {
         # HAProxy answers 503 both when the queue wait runs out and when Ray's port does not answer.
         503: ("overloaded", f"the service is busy (or not up yet); retry after {cfg.retry_after_s} s"),
@@ -86,6 +92,12 @@ def render_config(cfg: EdgeConfig, *, listen_host: str, listen_port: int, backen
         "backend serve",
         "    http-reuse always",
         f"    server ray 127.0.0.1:{backend_port} maxconn {cfg.max_in_flight}",
+        *([] if metrics_port is None else [
+            "frontend metrics",
+            f"    bind 127.0.0.1:{metrics_port}",
+            "    http-request use-service prometheus-exporter if { path /metrics }",
+            "    http-request return status 404",
+        ]),
         "",
     ])
 
@@ -126,8 +138,10 @@ class Edge:
     process is stopped on exit. Files live in a temporary directory removed on exit.
     """
 
-    def __init__(self, cfg: EdgeConfig, *, listen_host: str, listen_port: int, backend_port: int):
+    def __init__(self, cfg: EdgeConfig, *, listen_host: str, listen_port: int, backend_port: int,
+                 metrics_port: int | None = None):
         self.cfg, self.listen_host, self.listen_port, self.backend_port = cfg, listen_host, listen_port, backend_port
+        self.metrics_port = metrics_port
         self._dir: tempfile.TemporaryDirectory | None = None
         self._log = None
         self.proc: subprocess.Popen | None = None
@@ -142,7 +156,7 @@ class Edge:
         d = Path(self._dir.name)
         conf = d / "haproxy.cfg"
         conf.write_text(render_config(self.cfg, listen_host=self.listen_host, listen_port=self.listen_port,
-                                      backend_port=self.backend_port, error_dir=d))
+                                      backend_port=self.backend_port, error_dir=d, metrics_port=self.metrics_port))
         binary = haproxy_binary()
         try:
             check_port_free(self.listen_host, self.listen_port)

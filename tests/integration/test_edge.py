@@ -45,8 +45,20 @@ async def _concurrent(url: str, n: int) -> list[httpx.Response]:
         return await asyncio.gather(*(http.post("/v1/embeddings", json={"input": f"text {i}"}) for i in range(n)))
 
 
+def _edge_5xx(metrics_port: int) -> float:
+    """Requests the edge answered 5xx, from HAProxy's own Prometheus exporter."""
+    text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+    (line,) = [x for x in text.splitlines()
+               if x.startswith('haproxy_frontend_http_responses_total{proxy="twinserve",code="5xx"}')]
+    return float(line.split()[-1])
+
+
 def test_beyond_max_in_flight_requests_wait_then_are_shed_with_json_and_retry_after(slow_backend):
-    with _edge(slow_backend.port, max_in_flight=1, queue_timeout_ms=50, retry_after_s=3) as edge:
+    metrics_port = free_port()
+    edge = Edge(EdgeConfig(max_in_flight=1, queue_timeout_ms=50, retry_after_s=3), listen_host="127.0.0.1",
+                listen_port=free_port(), backend_port=slow_backend.port, metrics_port=metrics_port)
+    with edge:
+        assert _edge_5xx(metrics_port) == 0
         answers = asyncio.run(_concurrent(edge.url, 6))
         ok = [r for r in answers if r.status_code == 200]
         shed = [r for r in answers if r.status_code == 503]
@@ -56,6 +68,7 @@ def test_beyond_max_in_flight_requests_wait_then_are_shed_with_json_and_retry_af
             assert r.headers["retry-after"] == "3" and r.headers["content-type"] == "application/json"
             err = r.json()["error"]
             assert err["code"] == "overloaded" and "retry after 3 s" in err["message"]
+        assert _edge_5xx(metrics_port) == len(shed)  # visible to Prometheus, though Ray never saw them
         # The burst over, the slot is free again.
         assert httpx.post(f"{edge.url}/v1/embeddings", json={"input": "again"}, timeout=30).status_code == 200
 
