@@ -29,6 +29,9 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 __all__ = ["Edge", "EdgeConfig", "EdgeError", "check_port_free", "ray_haproxy_environment", "render_config"]
 
 
+HTTP_REQUEST_TIMEOUT_S = 30  # longest a client may take to send its whole request (headers and body)
+
+
 class EdgeError(RuntimeError):
     """HAProxy could not be found, refused its configuration or did not start."""
 
@@ -44,12 +47,14 @@ class EdgeConfig(BaseModel):
     request_timeout_s: PositiveInt = Field(90, description="longest a request may take end to end, seconds")
 
 
-def _error_response(status: int, reason: str, message: str, retry_after_s: int) -> str:
+def _error_response(status: int, code: str, message: str, retry_after_s: int) -> str:
     """A complete HTTP response for HAProxy's ``errorfile`` (it sends the file as is)."""
-    body = json.dumps({"error": {"message": message, "type": "server_error", "param": None, "code": reason}})
-    head = [f"HTTP/1.1 {status} {'Service Unavailable' if status == 503 else 'Gateway Timeout'}",
-            "Content-Type: application/json", f"Content-Length: {len(body.encode()) + 1}",
-            f"Retry-After: {retry_after_s}", "Cache-Control: no-cache", "Connection: close"]
+    from http import HTTPStatus
+
+    body = json.dumps({"error": {"message": message, "type": "server_error", "param": None, "code": code}})
+    head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", "Content-Type: application/json",
+            f"Content-Length: {len(body.encode()) + 1}", f"Retry-After: {retry_after_s}", "Cache-Control: no-cache",
+            "Connection: close"]
     return "\r\n".join(head) + "\r\n\r\n" + body + "\n"
 
 
@@ -61,15 +66,20 @@ def render_config(cfg: EdgeConfig, *, listen_host: str, listen_port: int, backen
     the requests the edge shed are there (``haproxy_frontend_http_responses_total{proxy="twinserve",
     code="5xx"}``), and nowhere in Ray's metrics, since they never reached Ray.
     """
+    retry = cfg.retry_after_s
+    # What HAProxy itself answers, in the API's JSON error shape instead of its HTML pages. Its 400
+    # for bytes that are not HTTP comes from its HTTP parser, which ignored an `errorfile 400` when
+    # tried (HAProxy 2.8.25), so that one stays HTML, as may its 408 (request not complete within
+    # HTTP_REQUEST_TIMEOUT_S).
     errors = {
-        # HAProxy answers 503 both when the queue wait runs out and when Ray's port does not answer.
-        503: ("overloaded", f"the service is busy (or not up yet); retry after {cfg.retry_after_s} s"),
-        504: ("timeout", f"no answer within {cfg.request_timeout_s} s; retry later"),
+        # 503 both when the queue wait runs out and when Ray's port does not answer.
+        503: ("overloaded", f"the service is busy (or not up yet); retry after {retry} s", retry),
+        504: ("timeout", f"no answer within {cfg.request_timeout_s} s; retry later", retry),
     }
     lines = []
-    for status, (reason, message) in errors.items():
+    for status, (code, message, retry_after_s) in errors.items():
         path = error_dir / f"{status}.http"
-        path.write_text(_error_response(status, reason, message, cfg.retry_after_s))
+        path.write_text(_error_response(status, code, message, retry_after_s))
         lines.append(f"    errorfile {status} {path}")
     host = f"[{listen_host}]" if ":" in listen_host else listen_host
     return "\n".join([
@@ -81,7 +91,7 @@ def render_config(cfg: EdgeConfig, *, listen_host: str, listen_port: int, backen
         "    timeout connect 2s",
         f"    timeout client {cfg.request_timeout_s}s",
         f"    timeout server {cfg.request_timeout_s}s",
-        "    timeout http-request 30s",  # a client that never finishes its headers
+        f"    timeout http-request {HTTP_REQUEST_TIMEOUT_S}s",  # a client that never finishes its request
         f"    timeout queue {cfg.queue_timeout_ms}ms",
         "    option http-no-delay",
         "    option abortonclose",  # a client that hung up while queued does not take a slot

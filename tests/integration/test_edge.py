@@ -84,3 +84,4 @@ def test_a_port_in_use_is_a_clear_error_and_leaves_nothing_running(slow_backend)
     with pytest.raises(EdgeError, match="cannot listen on"):
         with Edge(EdgeConfig(), listen_host="127.0.0.1", listen_port=slow_backend.port, backend_port=free_port()):
             pass
+
