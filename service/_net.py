@@ -6,7 +6,7 @@ import socket
 import time
 from collections.abc import Callable
 
-__all__ = ["free_port", "wait_ready"]
+__all__ = ["free_port", "metric_sum", "wait_ready"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -37,3 +37,14 @@ def wait_ready(url: str, timeout_s: float, *, poll_s: float = 0.5, alive: Callab
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{url} not ready after {timeout_s:g} s")
             time.sleep(poll_s)
+
+
+def metric_sum(url: str, sample: str, **labels: str) -> float:
+    """Sum of the samples named ``sample`` whose labels include ``labels``, scraped from the
+    Prometheus text endpoint at ``url`` now (0 when there are none)."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = text_string_to_metric_families(httpx.get(url, timeout=10).text)
+    return sum(s.value for f in families for s in f.samples
+               if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()))

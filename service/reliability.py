@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import statistics
 import threading
@@ -33,11 +32,14 @@ import httpx
 import psutil
 from pydantic import BaseModel, ConfigDict
 
+from service._net import metric_sum
+
 __all__ = [
     "Answer",
     "FailureResult",
     "LoadSummary",
     "OverloadResult",
+    "SCENARIOS",
     "SoakResult",
     "drive",
     "kill_replicas",
@@ -217,13 +219,9 @@ class _RssSampler:
 
 # ---- metrics ----------------------------------------------------------------------------------------
 
-_FALLBACK = re.compile(r'^ray_twinserve_requests_total\{([^}]*)\}\s+([0-9.eE+-]+)', re.M)
-
-
 def fallback_count(metrics_url: str) -> float:
     """Requests answered by fallback, as Ray's metrics endpoint exports them now (all variants)."""
-    text = httpx.get(metrics_url, timeout=10).text
-    return sum(float(v) for labels, v in _FALLBACK.findall(text) if 'reason="fallback"' in labels)
+    return metric_sum(metrics_url, "ray_twinserve_requests_total", reason="fallback")
 
 
 # ---- scenarios --------------------------------------------------------------------------------------

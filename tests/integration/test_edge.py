@@ -13,7 +13,7 @@ import asyncio
 import httpx
 import pytest
 
-from service._net import free_port
+from service._net import free_port, metric_sum
 from service.serving.edge import Edge, EdgeConfig, EdgeError
 from tests.integration.standin_server import StandinServer
 
@@ -26,8 +26,9 @@ def slow_backend():
         yield server
 
 
-def _edge(backend_port: int, **cfg) -> Edge:
-    return Edge(EdgeConfig(**cfg), listen_host="127.0.0.1", listen_port=free_port(), backend_port=backend_port)
+def _edge(backend_port: int, metrics_port: int | None = None, **cfg) -> Edge:
+    return Edge(EdgeConfig(**cfg), listen_host="127.0.0.1", listen_port=free_port(), backend_port=backend_port,
+                metrics_port=metrics_port)
 
 
 def test_requests_and_answers_pass_through_unchanged(slow_backend):
@@ -47,17 +48,13 @@ async def _concurrent(url: str, n: int) -> list[httpx.Response]:
 
 def _edge_5xx(metrics_port: int) -> float:
     """Requests the edge answered 5xx, from HAProxy's own Prometheus exporter."""
-    text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
-    (line,) = [x for x in text.splitlines()
-               if x.startswith('haproxy_frontend_http_responses_total{proxy="twinserve",code="5xx"}')]
-    return float(line.split()[-1])
+    return metric_sum(f"http://127.0.0.1:{metrics_port}/metrics", "haproxy_frontend_http_responses_total",
+                      proxy="twinserve", code="5xx")
 
 
 def test_beyond_max_in_flight_requests_wait_then_are_shed_with_json_and_retry_after(slow_backend):
     metrics_port = free_port()
-    edge = Edge(EdgeConfig(max_in_flight=1, queue_timeout_ms=50, retry_after_s=3), listen_host="127.0.0.1",
-                listen_port=free_port(), backend_port=slow_backend.port, metrics_port=metrics_port)
-    with edge:
+    with _edge(slow_backend.port, metrics_port, max_in_flight=1, queue_timeout_ms=50, retry_after_s=3) as edge:
         assert _edge_5xx(metrics_port) == 0
         answers = asyncio.run(_concurrent(edge.url, 6))
         ok = [r for r in answers if r.status_code == 200]
