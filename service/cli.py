@@ -250,12 +250,10 @@ def _weight(text: str) -> float:
 def _cmd_serve(args: argparse.Namespace) -> None:
     import os
     import time
-    from contextlib import ExitStack
 
-    from service._net import free_port
     from service.pruning.manifest import MANIFEST_FILE, verify_artifacts
     from service.serving.config import RoutingConfig, ServingConfig, VariantConfig
-    from service.serving.edge import Edge, EdgeConfig, EdgeError, check_port_free, ray_haproxy_environment
+    from service.serving.edge import EdgeConfig, EdgeError, check_port_free, ray_haproxy_environment, serve_http
     from service.settings import default_artifact_dir
 
     default = default_artifact_dir()
@@ -288,7 +286,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
 
     if args.ray_ingress == "haproxy":
         # Read by Ray at import and inherited by every process of the cluster ray.init starts below.
-        os.environ.update(ray_haproxy_environment(metrics_port=free_port("0.0.0.0"), stats_port=free_port("0.0.0.0")))
+        os.environ.update(ray_haproxy_environment())
 
     import ray
     from ray import serve
@@ -309,35 +307,27 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     # (p99 0.26 s; BENCHMARKS.md). The logs stay in Ray's session directory, printed below.
     ray.init(num_cpus=max(os.cpu_count() or 1, int(wanted + 0.999)), include_dashboard=False,
              log_to_driver=False, _metrics_export_port=args.metrics_port)
-    failed = False
-    with ExitStack() as stack:
-        try:
-            # Behind the edge, Ray Serve listens on a loopback port of its own; without it, on the public one.
-            http = {"host": "127.0.0.1", "port": free_port()} if edge else {"host": args.host, "port": args.port}
-            serve.start(http_options=http)
+    edge_error = None
+    try:
+        with serve_http(args.host, args.port, edge, edge_metrics_port=args.edge_metrics_port):
             serve.run(build_app(cfg), name="twinserve", route_prefix="/")
-            if edge:
-                stack.enter_context(Edge(edge, listen_host=args.host, listen_port=args.port,
-                                         backend_port=http["port"], metrics_port=args.edge_metrics_port))
             _announce(args, art)
             while True:
                 time.sleep(1.0)
-        except KeyboardInterrupt:
-            print("\ntwinserve serve: stopping", file=sys.stderr)
-        except EdgeError as e:
-            print(f"twinserve serve: {e}", file=sys.stderr)
-            failed = True
+    except KeyboardInterrupt:
+        print("\ntwinserve serve: stopping", file=sys.stderr)
+    except EdgeError as e:
+        edge_error = e
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
+        try:
+            serve.shutdown()
         finally:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
-            stack.close()  # the edge first: nothing new comes in while Serve shuts down
-            try:
-                serve.shutdown()
-            finally:
-                ray.shutdown()
-                signal.signal(signal.SIGINT, signal.default_int_handler)
+            ray.shutdown()
+            signal.signal(signal.SIGINT, signal.default_int_handler)
     print("twinserve serve: stopped")
-    if failed:
-        raise CliError("the edge did not start (see above)")
+    if edge_error is not None:
+        raise CliError(str(edge_error))
 
 
 def _announce(args: argparse.Namespace, art: Path) -> None:

@@ -75,17 +75,12 @@ def _serve_instance(edge: bool) -> Iterator[str]:
     import ray
     from ray import serve
 
-    from service.serving.edge import Edge, EdgeConfig
+    from service.serving.edge import EdgeConfig, serve_http
 
-    port = free_port()
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        if not edge:
-            yield f"http://127.0.0.1:{port}"
-            return
-        with Edge(EdgeConfig(), listen_host="127.0.0.1", listen_port=free_port(), backend_port=port) as e:
-            yield e.url
+        with serve_http("127.0.0.1", free_port(), EdgeConfig() if edge else None) as url:
+            yield url
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -113,25 +108,31 @@ def measure(artifacts: Path, runs: int, waits: list[float], edge: bool) -> Overh
                    "pruned": {"num_cpus": 1, "batch_wait_timeout_s": wait}}
             serve.run(build_app(cfg), name="overhead", route_prefix="/")
             handle = serve.get_deployment_handle("Pruned", app_name="overhead")
-            t = {k: [] for k in ("in_process", "handle", "http_live", "http_embed", "serialise")}
             with httpx.Client(base_url=url, timeout=30) as http:
-                for _ in range(20):  # warm up every path
-                    http.post("/v1/embeddings", json=body).raise_for_status()
-                    handle.embed.remote([TEXT]).result()
-                for _ in range(runs):
-                    s = time.perf_counter(); backend.embed([TEXT]); t["in_process"].append(time.perf_counter() - s)
-                    s = time.perf_counter(); handle.embed.remote([TEXT]).result()
-                    t["handle"].append(time.perf_counter() - s)
-                    s = time.perf_counter(); http.get("/v2/health/live").raise_for_status()
-                    t["http_live"].append(time.perf_counter() - s)
-                    s = time.perf_counter(); r = http.post("/v1/embeddings", content=raw_body,
-                                                           headers={"content-type": "application/json"})
-                    t["http_embed"].append(time.perf_counter() - s)
+                def embed_http() -> None:
+                    r = http.post("/v1/embeddings", content=raw_body, headers={"content-type": "application/json"})
                     assert r.status_code == 200 and r.headers["x-variant"] == "pruned", r.text
-                    s = time.perf_counter()
+
+                def serialise() -> None:
                     EmbeddingRequest.model_validate_json(raw_body)
                     embedding_response(emb, "twinserve-pruned", 12, "float")
-                    t["serialise"].append(time.perf_counter() - s)
+
+                paths = {
+                    "in_process": lambda: backend.embed([TEXT]),
+                    "handle": lambda h=handle: h.embed.remote([TEXT]).result(),
+                    "http_live": lambda: http.get("/v2/health/live").raise_for_status(),
+                    "http_embed": embed_http,
+                    "serialise": serialise,
+                }
+                for _ in range(20):  # warm up every path
+                    for f in paths.values():
+                        f()
+                t = {k: [] for k in paths}
+                for _ in range(runs):  # one of each per round: a noisy moment hits all paths alike
+                    for k, f in paths.items():
+                        s = time.perf_counter()
+                        f()
+                        t[k].append(time.perf_counter() - s)
             p50 = {k: round(_pct(v, 50), 3) for k, v in t.items()}
             rows.append(OverheadRow(batch_wait_timeout_s=wait, p50_ms=p50,
                                     p90_ms={k: round(_pct(v, 90), 3) for k, v in t.items()},
@@ -239,7 +240,7 @@ def main() -> None:
 
         from service.serving.edge import ray_haproxy_environment
 
-        os.environ.update(ray_haproxy_environment(metrics_port=free_port(), stats_port=free_port()))
+        os.environ.update(ray_haproxy_environment())
     if args.capacity:
         rows = capacity(args.artifacts.resolve(), args.batches, args.seconds, args.rounds, args.concurrency,
                         args.edge)

@@ -22,11 +22,14 @@ import json
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
-__all__ = ["Edge", "EdgeConfig", "EdgeError", "check_port_free", "ray_haproxy_environment", "render_config"]
+__all__ = ["Edge", "EdgeConfig", "EdgeError", "check_port_free", "ray_haproxy_environment", "render_config",
+           "serve_http"]
 
 
 HTTP_REQUEST_TIMEOUT_S = 30  # longest a client may take to send its whole request (headers and body)
@@ -225,21 +228,46 @@ class Edge:
 
 
 
-def ray_haproxy_environment(*, metrics_port: int, stats_port: int) -> dict[str, str]:
+def ray_haproxy_environment() -> dict[str, str]:
     """Environment that switches Ray Serve to its HAProxy ingress, for one Ray instance.
 
     Set it before Ray starts (the controller and replicas read it at import). HAProxy then
     forwards straight to the router replica's own HTTP server instead of through Ray's Python
-    proxy actor: on 2 cores the serving overhead fell from ~14-17 ms to ~7-9 ms and single-text
-    capacity doubled (BENCHMARKS.md). Ray's defaults are made for a dedicated node: fixed ports
-    9101/8404 for HAProxy's metrics and stats (two instances on one machine collide), four HAProxy
-    threads, and a 30 s drain before an ingress replica stops (Ctrl-C waited for it). Replica
-    HTTP ports bind to all interfaces in this mode (a Ray rule); the public port is the edge's.
+    proxy actor: on 2 cores the serving overhead fell from ~22 ms to ~11 ms, measured side by side,
+    and single-text capacity rose from 11% to 19% of in-process (BENCHMARKS.md). Ray's defaults are
+    made for a dedicated node: fixed ports 9101/8404 for HAProxy's metrics and stats (two instances
+    on one machine collide; free ones are picked here), four HAProxy threads, and a 30 s drain
+    before an ingress replica stops (Ctrl-C waited for it). Replica HTTP ports bind to all
+    interfaces in this mode (a Ray rule); the public port is the edge's.
     """
+    from service._net import free_port
+
     return {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_HAPROXY_NBTHREAD": "1",
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port),
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port("0.0.0.0")),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port("0.0.0.0")),
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
     }
+
+
+@contextmanager
+def serve_http(host: str, port: int, edge: EdgeConfig | None, *, edge_metrics_port: int | None = None) -> Iterator[str]:
+    """Start Ray Serve's HTTP listener in the connected Ray instance; yield the URL clients use.
+
+    Without ``edge``, Serve listens on ``host:port`` itself. With it, Serve listens on a loopback
+    port of its own and the edge on ``host:port``; the edge stops on exit, before the caller shuts
+    Serve down, so nothing new comes in while it does.
+    """
+    from ray import serve
+
+    from service._net import free_port
+
+    if edge is None:
+        serve.start(http_options={"host": host, "port": port})
+        yield f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+        return
+    inner = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": inner})
+    with Edge(edge, listen_host=host, listen_port=port, backend_port=inner, metrics_port=edge_metrics_port) as e:
+        yield e.url

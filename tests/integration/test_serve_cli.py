@@ -8,6 +8,7 @@ behind it, tiny artifacts, then Ctrl-C (SIGINT) and a clean exit.
 from __future__ import annotations
 
 import socket
+import time
 
 import httpx
 import numpy as np
@@ -23,7 +24,11 @@ def test_serve_answers_through_the_edge_and_stops_cleanly_on_ctrl_c(tiny_artifac
     server = LocalServer(tiny_artifacts, port, free_port(), tmp_path / "serve.log", token="t0ken")
     try:
         server.wait_ready(240)
-        log = (tmp_path / "serve.log").read_text()
+        # The edge answers (503 "not up yet") before the application is deployed; the banner comes after.
+        deadline = time.monotonic() + 60
+        while "admission: at most" not in (log := (tmp_path / "serve.log").read_text()):
+            assert time.monotonic() < deadline, log[-3000:]
+            time.sleep(0.2)
         assert f"serving {tiny_artifacts}" in log and "admission: at most 6 requests inside" in log
 
         text = "A request through both HAProxies."
