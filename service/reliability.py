@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import httpx
 import psutil
 from pydantic import BaseModel, ConfigDict
@@ -76,17 +77,23 @@ class Answer:
 
 async def _drive(url: str, rate_rps: float, duration_s: float, headers: dict[str, str], body: Callable[[int], dict],
                  timeout_s: float) -> list[Answer]:
-    limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
+    # aiohttp, not httpx: on the 2 cores the server shares, httpx's client cost 1.4-1.5 ms of CPU
+    # per request against aiohttp's 0.6-0.8 (measured side by side at 150 req/s), CPU taken
+    # from the service under test and latency added to every answer the generator times.
     answers: list[Answer] = []
-    async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits) as http:
+    endpoint = f"{url.rstrip('/')}/v1/embeddings"
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1024),
+                                    timeout=aiohttp.ClientTimeout(total=timeout_s))
+    async with session as http:
         async def one(i: int, t0: float) -> None:
             sent = time.perf_counter()
             try:
-                r = await http.post("/v1/embeddings", json=body(i), headers=headers)
-            except httpx.HTTPError:
+                async with http.post(endpoint, json=body(i), headers=headers) as r:
+                    await r.read()
+            except (aiohttp.ClientError, TimeoutError):
                 answers.append(Answer(sent - t0, time.perf_counter() - sent, 0, "none", "none", False))
                 return
-            answers.append(Answer(sent - t0, time.perf_counter() - sent, r.status_code,
+            answers.append(Answer(sent - t0, time.perf_counter() - sent, r.status,
                                   r.headers.get("x-variant", "none"), r.headers.get("x-route-reason", "none"),
                                   "retry-after" in r.headers))
 
