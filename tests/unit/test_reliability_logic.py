@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.reliability import Answer, summarise
+from service.reliability import Answer, overload_factor, summarise
 
 
 def _a(status: int, latency_s: float = 0.01, variant: str = "pruned", reason: str = "weight",
@@ -26,3 +26,11 @@ def test_summary_separates_answered_shed_and_failed():
 def test_summary_of_nothing_answered_has_no_percentiles():
     s = summarise([_a(503, retry_after=True)] * 3, offered_rps=1, duration_s=3)
     assert (s.ok, s.shed, s.ok_p50_ms, s.ok_p99_ms, s.failure_ratio) == (0, 3, None, None, 0.0)
+
+
+def test_overload_offers_at_least_3x_x_slo_or_twice_what_was_answered():
+    assert overload_factor(64.0) == 3.0
+    assert overload_factor(64.0, answered_rps=80.0) == 3.0  # 2 x 80 = 160 < 3 x 64
+    assert overload_factor(64.0, answered_rps=166.0) == 2 * 166.0 / 64
+    assert overload_factor(64.0, answered_rps=166.0, overload_rps=512.0) == 8.0
+    assert overload_factor(64.0, overload_rps=100.0) == 3.0
