@@ -510,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     re_.add_argument("--overload-s", type=float, default=60.0, help="length of the 3x burst, seconds")
     re_.add_argument("--overload-rps", type=float,
                      help="offered rate of the burst when more than 3x X_slo (default: 3x X_slo, or twice the "
-                          "highest rate the sweep saw the pruned variant carry, whichever is more)")
+                          "highest rate the sweep saw the pruned variant answer, whichever is more)")
     re_.add_argument("--soak-s", type=float, default=600.0, help="length of the soak, seconds")
     re_.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS),
                      help="which scenarios to run, in this order (default: all)")

@@ -247,8 +247,8 @@ def ray_haproxy_environment() -> dict[str, str]:
 
     It also sets ``RAY_SERVE_THROUGHPUT_OPTIMIZED``, the flag Ray documents alongside its HAProxy
     ingress: among other things the router's calls to Dense/Pruned travel over gRPC instead of
-    Ray actor tasks, which took another ~3 ms off the overhead here (10.4-11.4 -> 7.1-7.2 ms,
-    alternating runs). One of its parts is turned back: handles keep their own event loop
+    Ray actor tasks, which took another 3-4 ms off the overhead here (9.2-11.4 -> 5.8-7.2 ms at
+    batch wait 0, four pairs of alternating runs). One of its parts is turned back: handles keep their own event loop
     (``RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=1``), because a driver process calling a handle
     synchronously (the overhead benchmark) fails without it. Values already in the environment win.
     """

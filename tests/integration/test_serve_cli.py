@@ -16,6 +16,7 @@ import numpy as np
 from service._net import free_port
 from service.demo import LocalServer
 from service.model.backends import OnnxBackend
+from service.serving.edge import EdgeConfig
 
 
 def test_serve_answers_through_the_edge_and_stops_cleanly_on_ctrl_c(tiny_artifacts, tmp_path, monkeypatch):
@@ -29,7 +30,7 @@ def test_serve_answers_through_the_edge_and_stops_cleanly_on_ctrl_c(tiny_artifac
         while "admission: at most" not in (log := (tmp_path / "serve.log").read_text()):
             assert time.monotonic() < deadline, log[-3000:]
             time.sleep(0.2)
-        assert f"serving {tiny_artifacts}" in log and "admission: at most 6 requests inside" in log
+        assert f"serving {tiny_artifacts}" in log and f"admission: at most {EdgeConfig().max_in_flight} requests inside" in log
 
         text = "A request through both HAProxies."
         r = httpx.post(f"{server.url}/v1/embeddings", json={"input": [text], "model": "twinserve-pruned"}, timeout=60)
