@@ -15,8 +15,8 @@ same text five ways, interleaved round by round so a noisy neighbour hits all of
 The path is the one `twinserve serve` runs: the edge HAProxy, Ray Serve's HAProxy ingress, the
 router replica; ``--no-edge`` and ``--ray-ingress proxy`` measure the others.
 
-It runs twice: with the configured batch wait and with batch_wait_timeout_s = 0, because at low
-load a lone request waits the whole batching window for company.
+It runs twice: with a 5 ms batch window and with batch_wait_timeout_s = 0 (the pruned variant's
+default), because at low load a lone request waits the whole batching window for company.
 
 With ``--capacity`` it measures throughput instead: texts per second of the pruned variant in
 this process and through HTTP (``--concurrency`` requests in flight), at the same number of
