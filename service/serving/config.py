@@ -134,7 +134,8 @@ class ServingConfig(_Strict):
     # The pruned variant batches without a window: a lone request does not wait for company (the 5 ms
     # window cost 6-7 ms at low load), and under load a batch forms from what queued while the
     # previous one ran. Measured, one run each: p50 8.8 vs 14.1 ms at 10 req/s, 7.2 vs 14.5 ms at
-    # 96 req/s, similar p99; offered 332 req/s it answered 5% less (BENCHMARKS.md, "Serving overhead").
+    # 96 req/s, similar p99. The price is throughput at saturation (5% less answered at 332 req/s, 26%
+    # less at 415 in another run): set 0.005 where traffic lives near saturation (BENCHMARKS.md).
     pruned: VariantConfig = Field(default_factory=lambda: VariantConfig(batch_wait_timeout_s=0.0))
     router: RouterConfig = Field(default_factory=RouterConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
