@@ -36,11 +36,11 @@ from pydantic import BaseModel, ConfigDict
 from service._net import metric_sum
 
 __all__ = [
+    "SCENARIOS",
     "Answer",
     "FailureResult",
     "LoadSummary",
     "OverloadResult",
-    "SCENARIOS",
     "SoakResult",
     "drive",
     "kill_replicas",

@@ -2,7 +2,7 @@
 
 Ray Serve's limits (``max_ongoing_requests`` / ``max_queued_requests``) are enforced by Python
 processes: the HTTP proxy and the router replica. When those processes are the bottleneck (a
-single text costs ~1 ms in the model and ~10 ms of Python on the way in), an overload queues in
+single text costs ~1 ms in the model and several ms of Python on the way in), an overload queues in
 front of the code that would reject it, and accepted requests wait for seconds. Measured on 2
 cores (BENCHMARKS.md, "Reliability"): 300 req/s at the pruned variant for 15 s without the edge
 answered 909 of 4,500 with p99 25.6 s; with the edge (8 in flight, 50 ms queue) it shed the excess
@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
@@ -169,7 +170,7 @@ class Edge:
         host = "127.0.0.1" if self.listen_host in ("0.0.0.0", "::") else self.listen_host
         return f"http://{host}:{self.listen_port}"
 
-    def __enter__(self) -> Edge:
+    def __enter__(self) -> Self:
         self._dir = tempfile.TemporaryDirectory(prefix="twinserve-edge-")
         d = Path(self._dir.name)
         conf = d / "haproxy.cfg"
@@ -181,12 +182,12 @@ class Edge:
         except EdgeError:
             self._cleanup()
             raise
-        check = subprocess.run([binary, "-c", "-q", "-f", str(conf)], capture_output=True, text=True)
+        check = subprocess.run([binary, "-c", "-q", "-f", str(conf)], capture_output=True, text=True, check=False)
         if check.returncode != 0:
             self._cleanup()
             raise EdgeError(f"HAProxy refused the edge configuration: {(check.stderr or check.stdout).strip()}")
         # -db: stay in the foreground, so this process owns it and a crash of ours takes it down.
-        self._log = open(d / "haproxy.log", "w+")  # noqa: SIM115 - closed in _cleanup()
+        self._log = open(d / "haproxy.log", "w+")  # closed in _cleanup()
         self.proc = subprocess.Popen([binary, "-db", "-f", str(conf)], stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
         self._wait_listening()

@@ -78,7 +78,7 @@ def test_a_backend_that_is_not_listening_answers_503_json_not_a_hang():
 
 
 def test_a_port_in_use_is_a_clear_error_and_leaves_nothing_running(slow_backend):
-    with pytest.raises(EdgeError, match="cannot listen on"):
-        with Edge(EdgeConfig(), listen_host="127.0.0.1", listen_port=slow_backend.port, backend_port=free_port()):
-            pass
+    edge = Edge(EdgeConfig(), listen_host="127.0.0.1", listen_port=slow_backend.port, backend_port=free_port())
+    with pytest.raises(EdgeError, match="cannot listen on"), edge:
+        pass
 
