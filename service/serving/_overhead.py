@@ -150,6 +150,7 @@ class CapacityRow(BaseModel):
     http_texts_per_s: float
     ratio: float  # http / in_process
     http_concurrency: int
+    batch_wait_timeout_s: float  # the pruned replica's, as deployed (its default)
 
 
 def _texts(n: int, offset: int = 0) -> list[str]:
@@ -195,12 +196,14 @@ def capacity(artifacts: Path, batches: list[int], seconds: float, rounds: int, c
     from service._net import wait_ready
     from service.model.backends import OnnxBackend
     from service.serving.app import build_app
+    from service.serving.config import ServingConfig
 
     backend = OnnxBackend(artifacts, variant="pruned", threads=1)
     backend.load()
+    cfg = ServingConfig.model_validate({"artifact_dir": str(artifacts), "dense": {"num_cpus": 0.5},
+                                        "pruned": {"num_cpus": 1}})
     with _serve_instance(edge) as url:
-        serve.run(build_app({"artifact_dir": str(artifacts), "dense": {"num_cpus": 0.5},
-                             "pruned": {"num_cpus": 1}}), name="capacity", route_prefix="/")
+        serve.run(build_app(cfg), name="capacity", route_prefix="/")
         wait_ready(url, 120)
         rows = []
         for batch in batches:
@@ -216,7 +219,8 @@ def capacity(artifacts: Path, batches: list[int], seconds: float, rounds: int, c
             lo, re_ = statistics.median(local), statistics.median(remote)
             rows.append(CapacityRow(texts_per_request=batch, in_process_texts_per_s=round(lo, 1),
                                     http_texts_per_s=round(re_, 1), ratio=round(re_ / lo, 3),
-                                    http_concurrency=concurrency))
+                                    http_concurrency=concurrency,
+                                    batch_wait_timeout_s=cfg.pruned.batch_wait_timeout_s))
     return rows
 
 

@@ -124,6 +124,14 @@ class LimitsConfig(_Strict):
     max_body_bytes: PositiveInt = Field(1 << 20, description="largest request body, bytes (413 above it)")
 
 
+# The pruned variant batches without a window: a lone request does not wait for company (the 5 ms
+# window cost 6-7 ms at low load), and under load a batch forms from what queued while the previous
+# one ran. Measured, one run each: p50 8.8 vs 14.1 ms at 10 req/s, 7.2 vs 14.5 ms at 96 req/s,
+# similar p99. The price is throughput at saturation (5% less answered at 332 req/s, 26% less at 415
+# in another run): set 0.005 where traffic lives near saturation (BENCHMARKS.md).
+PRUNED_BATCH_WAIT_S = 0.0
+
+
 class ServingConfig(_Strict):
     """Arguments of the application builder (``service.serving.app:build_app``)."""
 
@@ -131,17 +139,22 @@ class ServingConfig(_Strict):
         default_factory=lambda: _default_artifact_dir(),
         description="artifact directory published by `twinserve prune` (manifest.json inside)")
     dense: VariantConfig = Field(default_factory=lambda: VariantConfig(max_ongoing_requests=32))
-    # The pruned variant batches without a window: a lone request does not wait for company (the 5 ms
-    # window cost 6-7 ms at low load), and under load a batch forms from what queued while the
-    # previous one ran. Measured, one run each: p50 8.8 vs 14.1 ms at 10 req/s, 7.2 vs 14.5 ms at
-    # 96 req/s, similar p99. The price is throughput at saturation (5% less answered at 332 req/s, 26%
-    # less at 415 in another run): set 0.005 where traffic lives near saturation (BENCHMARKS.md).
-    pruned: VariantConfig = Field(default_factory=lambda: VariantConfig(batch_wait_timeout_s=0.0))
+    pruned: VariantConfig = Field(
+        default_factory=lambda: VariantConfig(batch_wait_timeout_s=PRUNED_BATCH_WAIT_S),
+        description=f"batch_wait_timeout_s defaults to {PRUNED_BATCH_WAIT_S} here (no window)")
     router: RouterConfig = Field(default_factory=RouterConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     routing: RoutingConfig = Field(
         default_factory=RoutingConfig,
         description="initial Router user_config; a `user_config` in the deployment options wins over it")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pruned_batch_wait_default(cls, data):
+        # A `pruned:` section that leaves the batch wait out gets the pruned default, not VariantConfig's.
+        if isinstance(data, dict) and isinstance(data.get("pruned"), dict):
+            data = {**data, "pruned": {"batch_wait_timeout_s": PRUNED_BATCH_WAIT_S, **data["pruned"]}}
+        return data
 
     @model_validator(mode="after")
     def _batches_hold_a_request(self) -> ServingConfig:

@@ -154,3 +154,12 @@ def test_replica_range_and_resources_are_checked_in_words():
         VariantConfig(num_replicas=2, max_replicas=1)
     with pytest.raises(ValidationError):
         VariantConfig(resources={"dense_pool": 0})
+
+
+def test_the_pruned_variant_batches_without_a_window_unless_told_otherwise():
+    assert ServingConfig(artifact_dir="a").pruned.batch_wait_timeout_s == 0.0
+    partial = ServingConfig.model_validate({"artifact_dir": "a", "pruned": {"num_cpus": 2}})
+    assert (partial.pruned.num_cpus, partial.pruned.batch_wait_timeout_s) == (2, 0.0)
+    told = ServingConfig.model_validate({"artifact_dir": "a", "pruned": {"batch_wait_timeout_s": 0.005}})
+    assert told.pruned.batch_wait_timeout_s == 0.005
+    assert ServingConfig.model_validate({"artifact_dir": "a", "dense": {}}).dense.batch_wait_timeout_s == 0.005
