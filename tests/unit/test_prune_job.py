@@ -19,7 +19,8 @@ from service.model.encoder import load_encoder
 from service.model.onnx_runtime import make_session, run_session
 from service.model.tokenizer import TextTokenizer
 from service.pruning import job as job_module
-from service.pruning.export import export_onnx
+from service.pruning import export as export_module
+from service.pruning.export import export_onnx, fused_ops, quantize_int8
 from service.pruning.manifest import ArtifactIntegrityError, Manifest, load_manifest, verify_artifacts
 from tests.conftest import TINY_PRUNE
 
@@ -54,6 +55,7 @@ def check_artifact_contract(out: Path) -> Manifest:
     assert load_encoder(out / "pruned").config.layers == tuple(m.pruned.layers)
     assert m.pruned.fidelity is not None and -1 <= m.pruned.fidelity.mean_cosine <= 1
     assert {"pruned-fp32", "pruned-int8", "dense-int8"} <= set(m.candidates)
+    assert set(m.quantization["graph_fusion"]) == {"dense", "pruned-fp32"}
     variants = {r.variant for r in m.latency}
     assert variants == {"dense", "dense-int8", "pruned-fp32", "pruned-int8"}
     assert {(r.batch, r.seq_len) for r in m.latency} == {(1, 16), (1, 128), (32, 128)}
@@ -262,3 +264,24 @@ def test_pickled_checkpoint_that_runs_code_is_refused(tmp_path, tiny_model_dir):
     with pytest.raises(ModelLoadError, match="holds more than tensors"):
         load_encoder(bad)
     assert not marker.exists()
+
+
+def test_export_fuses_attention_and_keeps_the_plain_graphs_outputs(tiny_artifacts, tmp_path):
+    model = load_encoder(tiny_artifacts / "pruned")
+    fused = export_onnx(model, tmp_path / "fused.onnx")
+    plain = export_onnx(model, tmp_path / "plain.onnx", fuse=False)
+    n_layers = len(model.config.layers)
+    assert fused_ops(fused) == {"Attention": n_layers, "SkipLayerNormalization": 2 * n_layers, "BiasGelu": n_layers}
+    assert fused_ops(plain) == {"Attention": 0, "SkipLayerNormalization": 0, "BiasGelu": 0}
+    tok = TextTokenizer(tiny_artifacts / "tokenizer.json", 64)
+    b = tok(["hello there", "the cat sat on the mat while it rained", "x"])
+    out = [run_session(make_session(p, 1), b.input_ids, b.attention_mask) for p in (fused, plain)]
+    np.testing.assert_allclose(out[0], out[1], atol=1e-5)
+    q = quantize_int8(fused, tmp_path / "q.onnx")
+    assert sum(n.op_type == "QAttention" for n in onnx.load(str(q)).graph.node) == n_layers
+
+
+def test_fusion_that_changes_the_outputs_falls_back_to_the_plain_graph(tiny_artifacts, tmp_path, monkeypatch):
+    monkeypatch.setattr(export_module, "FUSION_TOLERANCE", -1.0)  # no graph can pass: every fusion is refused
+    path = export_onnx(load_encoder(tiny_artifacts / "pruned"), tmp_path / "p.onnx")
+    assert fused_ops(path) == {"Attention": 0, "SkipLayerNormalization": 0, "BiasGelu": 0}
