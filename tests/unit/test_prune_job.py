@@ -18,8 +18,8 @@ import torch
 from service.model.encoder import load_encoder
 from service.model.onnx_runtime import make_session, run_session
 from service.model.tokenizer import TextTokenizer
-from service.pruning import job as job_module
 from service.pruning import export as export_module
+from service.pruning import job as job_module
 from service.pruning.export import export_onnx, fused_ops, quantize_int8
 from service.pruning.manifest import ArtifactIntegrityError, Manifest, load_manifest, verify_artifacts
 from tests.conftest import TINY_PRUNE
