@@ -138,9 +138,9 @@ class ServingConfig(_Strict):
     artifact_dir: Path = Field(
         default_factory=lambda: _default_artifact_dir(),
         description="artifact directory published by `twinserve prune` (manifest.json inside)")
-    dense: VariantConfig = Field(default_factory=lambda: VariantConfig(max_ongoing_requests=32))
+    dense: VariantConfig = Field(default_factory=VariantConfig)
     pruned: VariantConfig = Field(
-        default_factory=lambda: VariantConfig(batch_wait_timeout_s=PRUNED_BATCH_WAIT_S),
+        default_factory=VariantConfig,
         description=f"batch_wait_timeout_s defaults to {PRUNED_BATCH_WAIT_S} here (no window)")
     router: RouterConfig = Field(default_factory=RouterConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
@@ -151,9 +151,10 @@ class ServingConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _pruned_batch_wait_default(cls, data):
-        # A `pruned:` section that leaves the batch wait out gets the pruned default, not VariantConfig's.
-        if isinstance(data, dict) and isinstance(data.get("pruned"), dict):
-            data = {**data, "pruned": {"batch_wait_timeout_s": PRUNED_BATCH_WAIT_S, **data["pruned"]}}
+        # One place for the pruned default: an absent `pruned:` section, or one that leaves the
+        # batch wait out, gets PRUNED_BATCH_WAIT_S rather than VariantConfig's window.
+        if isinstance(data, dict) and isinstance(pruned := data.get("pruned", {}), dict):
+            data = {**data, "pruned": {"batch_wait_timeout_s": PRUNED_BATCH_WAIT_S, **pruned}}
         return data
 
     @model_validator(mode="after")

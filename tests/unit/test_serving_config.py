@@ -163,3 +163,8 @@ def test_the_pruned_variant_batches_without_a_window_unless_told_otherwise():
     told = ServingConfig.model_validate({"artifact_dir": "a", "pruned": {"batch_wait_timeout_s": 0.005}})
     assert told.pruned.batch_wait_timeout_s == 0.005
     assert ServingConfig.model_validate({"artifact_dir": "a", "dense": {}}).dense.batch_wait_timeout_s == 0.005
+
+
+def test_a_pruned_section_of_the_wrong_type_is_a_validation_error_not_a_crash():
+    with pytest.raises(ValidationError, match="pruned"):
+        ServingConfig.model_validate({"artifact_dir": "a", "pruned": "fast"})
