@@ -46,7 +46,7 @@ from service.pruning.manifest import (
     verify_artifacts,
     write_manifest,
 )
-from service.pruning.schedule import cubic_sparsity, plan_step
+from service.pruning.schedule import cubic_sparsity, layers_to_drop, plan_step
 from service.pruning.surgery import prune_encoder
 
 __all__ = ["PruneError", "PruneResult", "run_prune"]
@@ -218,13 +218,13 @@ def _prune_and_distill(teacher: Encoder, cfg: PruneConfig, corpus: Corpus, tok: 
     for step in range(1, cfg.pruning_steps + 1):
         s_heads = cubic_sparsity(step, cfg.pruning_steps, cfg.head_sparsity)
         s_ffn = cubic_sparsity(step, cfg.pruning_steps, cfg.ffn_sparsity)
-        s_layers = cubic_sparsity(step, cfg.pruning_steps, cfg.layer_sparsity)
+        n_drop = layers_to_drop(step, cfg.pruning_steps, cfg.layer_sparsity, dense.num_layers)
         score_batches = [next(batches) for _ in range(cfg.score_batches)]
         saliency = criterion(student, score_batches, loss_fn)
         keep = plan_step(
             student, saliency,
             heads_total=round((1 - s_heads) * n_heads), ffn_total=round((1 - s_ffn) * n_ffn),
-            layers_total=dense.num_layers - int(s_layers * dense.num_layers + 1e-9),
+            layers_total=dense.num_layers - n_drop,
             min_heads=cfg.min_heads_per_layer, min_ffn=cfg.min_ffn_per_layer,
         )
         student = prune_encoder(student, keep)
@@ -239,7 +239,7 @@ def _prune_and_distill(teacher: Encoder, cfg: PruneConfig, corpus: Corpus, tok: 
                 bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
 
             losses = distill(student, loss_fn, batches, steps, cfg, progress=tick)
-        history.append({"step": step, "head_sparsity": s_heads, "ffn_sparsity": s_ffn, "layer_sparsity": s_layers,
+        history.append({"step": step, "head_sparsity": s_heads, "ffn_sparsity": s_ffn, "layer_sparsity": n_drop / dense.num_layers,
                         "layers": [s.model_dump() for s in shape.layers], "distill_steps": steps,
                         "final_loss": float(np.mean(losses[-20:])) if losses else None})
     return student, history

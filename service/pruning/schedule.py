@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["cubic_sparsity", "plan_step", "schedule"]
+import math
+
+__all__ = ["cubic_sparsity", "layers_to_drop", "plan_step", "schedule"]
 
 
 def cubic_sparsity(step: int, n_steps: int, final: float, initial: float = 0.0) -> float:
@@ -21,6 +23,18 @@ def cubic_sparsity(step: int, n_steps: int, final: float, initial: float = 0.0) 
 def schedule(n_steps: int, final: float) -> list[float]:
     """Target sparsity after each of the ``n_steps`` steps."""
     return [cubic_sparsity(t, n_steps, final) for t in range(1, n_steps + 1)]
+
+
+def layers_to_drop(step: int, n_steps: int, layer_sparsity: float, n_layers: int) -> int:
+    """Whole layers removed by pruning step ``step``: the cubic schedule over the number of
+    layers to remove, rounded up.
+
+    A layer therefore goes at the first step that asks for any part of it, with the most
+    distillation left to recover, not at the last step after earlier steps had spent the
+    head and neuron budget thinning it (which left the survivors with fewer units than asked).
+    """
+    total = int(layer_sparsity * n_layers + 1e-9)
+    return min(total, math.ceil(cubic_sparsity(step, n_steps, float(total)) - 1e-9))
 
 
 def _normalised(scores: list) -> list:

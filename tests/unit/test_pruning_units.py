@@ -11,7 +11,7 @@ from service.model.encoder import Encoder, EncoderConfig, LayerShape
 from service.pruning.config import PruneConfig, preset
 from service.pruning.criteria import CRITERIA, get_criterion
 from service.pruning.distill import DistillLoss
-from service.pruning.schedule import cubic_sparsity, plan_step, schedule
+from service.pruning.schedule import cubic_sparsity, layers_to_drop, plan_step, schedule
 from service.pruning.surgery import Keep, apply_mask_gates, prune_encoder
 from tests.conftest import TINY
 
@@ -124,6 +124,15 @@ def test_cubic_schedule_formula():
     with pytest.raises(ValueError):
         cubic_sparsity(5, 4, 0.5)
 
+
+
+def test_layers_go_at_the_first_step_that_asks_for_any_part_of_one():
+    assert [layers_to_drop(t, 6, 1 / 6, 6) for t in range(1, 7)] == [1] * 6
+    assert [layers_to_drop(t, 6, 1 / 3, 6) for t in range(1, 7)] == [1, 2, 2, 2, 2, 2]  # cubic: 0.84, 1.41, ...
+    assert [layers_to_drop(t, 3, 0.5, 6) for t in range(1, 4)] == [3, 3, 3]  # 2.11 rounds up
+    assert [layers_to_drop(t, 2, 0.34, 3) for t in range(1, 3)] == [1, 1]
+    assert [layers_to_drop(t, 6, 0.1, 6) for t in range(1, 7)] == [0] * 6  # under one whole layer: none
+    assert [layers_to_drop(t, 4, 0.0, 12) for t in range(1, 5)] == [0] * 4
 
 def test_plan_step_respects_targets_and_floors():
     model = tiny_encoder()
