@@ -29,7 +29,7 @@ class PruneConfig(BaseModel):
     max_train_tokens: PositiveInt = Field(64, description="truncate training texts to this many tokens")
     learning_rate: confloat(gt=0, le=1.0) = Field(1e-3, description="AdamW learning rate (peak)")
     hidden_loss_weight: confloat(ge=0) = Field(1.0, description="weight of the hidden-state MSE term")
-    contrastive_loss_weight: confloat(ge=0) = Field(0.1, description="weight of the in-batch contrastive term")
+    contrastive_loss_weight: confloat(ge=0) = Field(0.5, description="weight of the in-batch contrastive term")
     train_word_embeddings: bool = Field(
         False, description="also train the vocab x hidden word embeddings (slow on CPU, little gain)")
     min_heads_per_layer: PositiveInt = Field(1, description="never prune a surviving layer below this many heads")
