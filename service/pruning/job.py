@@ -239,7 +239,8 @@ def _prune_and_distill(teacher: Encoder, cfg: PruneConfig, corpus: Corpus, tok: 
                 bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
 
             losses = distill(student, loss_fn, batches, steps, cfg, progress=tick)
-        history.append({"step": step, "head_sparsity": s_heads, "ffn_sparsity": s_ffn, "layer_sparsity": n_drop / dense.num_layers,
+        history.append({"step": step, "head_sparsity": s_heads, "ffn_sparsity": s_ffn,
+                        "layer_sparsity": n_drop / dense.num_layers,
                         "layers": [s.model_dump() for s in shape.layers], "distill_steps": steps,
                         "final_loss": float(np.mean(losses[-20:])) if losses else None})
     return student, history
