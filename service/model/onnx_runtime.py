@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DISABLED_OPTIMIZERS", "make_session", "run_session", "session_options"]
+__all__ = ["DISABLED_OPTIMIZERS", "make_session", "run_session"]
 
 # ORT's CPU SkipLayerNormalization kernel is about 4x slower than the Add + LayerNormalization
 # it replaces (1 x 128 x 384, 2 threads, ORT 1.31: 115 vs 29 us; BENCHMARKS.md), and a BERT
@@ -14,7 +14,7 @@ __all__ = ["DISABLED_OPTIMIZERS", "make_session", "run_session", "session_option
 DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 
 
-def session_options(threads: int | None = None):
+def _session_options(threads: int | None = None):
     """The options of every twinserve session: all graph optimisations, ``threads`` intra-op
     threads (ORT's default when None), one graph at a time."""
     import onnxruntime as ort
@@ -32,7 +32,7 @@ def session_options(threads: int | None = None):
 def make_session(path: str | Path, threads: int | None = None):
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), sess_options=session_options(threads), providers=["CPUExecutionProvider"],
+    return ort.InferenceSession(str(path), sess_options=_session_options(threads), providers=["CPUExecutionProvider"],
                                 disabled_optimizers=list(DISABLED_OPTIMIZERS))
 
 

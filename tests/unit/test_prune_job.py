@@ -15,8 +15,9 @@ import onnx
 import pytest
 import torch
 
+from service.model import onnx_runtime
 from service.model.encoder import load_encoder
-from service.model.onnx_runtime import DISABLED_OPTIMIZERS, make_session, run_session, session_options
+from service.model.onnx_runtime import make_session, run_session
 from service.model.tokenizer import TextTokenizer
 from service.pruning import export as export_module
 from service.pruning import job as job_module
@@ -282,21 +283,27 @@ def test_export_fuses_attention_and_keeps_the_plain_graphs_outputs(tiny_artifact
     assert sum(n.op_type == "QAttention" for n in onnx.load(str(q)).graph.node) == n_layers
 
 
-def test_sessions_keep_residual_and_layernorm_apart(tiny_artifacts, tmp_path):
+def test_sessions_keep_residual_and_layernorm_apart(tiny_artifacts, tmp_path, monkeypatch):
     """ORT would fuse Add + LayerNormalization into its slower SkipLayerNormalization kernel;
-    the optimiser name we disable must still exist in this ORT version."""
-    import onnxruntime as ort
+    make_session must stop it, and the optimiser name it disables must exist in this ORT."""
+    dump = tmp_path / "optimised.onnx"
+    session_options = onnx_runtime._session_options
 
-    def optimised_ops(disabled) -> set[str]:
-        opts = session_options(1)
-        opts.optimized_model_filepath = str(tmp_path / "optimised.onnx")
-        ort.InferenceSession(str(tiny_artifacts / "pruned.onnx"), sess_options=opts,
-                             providers=["CPUExecutionProvider"], disabled_optimizers=list(disabled))
-        return {n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node}
+    def dumping_options(threads):
+        opts = session_options(threads)
+        opts.optimized_model_filepath = str(dump)
+        return opts
 
-    assert "SkipLayerNormalization" in optimised_ops(())  # what ORT does unless told otherwise
-    ops = optimised_ops(DISABLED_OPTIMIZERS)
+    monkeypatch.setattr(onnx_runtime, "_session_options", dumping_options)
+
+    def optimised_ops() -> set[str]:
+        make_session(tiny_artifacts / "pruned.onnx", 1)
+        return {n.op_type for n in onnx.load(str(dump)).graph.node}
+
+    ops = optimised_ops()
     assert "LayerNormalization" in ops and "SkipLayerNormalization" not in ops
+    monkeypatch.setattr(onnx_runtime, "DISABLED_OPTIMIZERS", ())
+    assert "SkipLayerNormalization" in optimised_ops()  # what ORT does unless told otherwise
 
 
 def test_fusion_that_changes_the_outputs_falls_back_to_the_plain_graph(tiny_artifacts, tmp_path, monkeypatch):

@@ -125,7 +125,6 @@ def test_cubic_schedule_formula():
         cubic_sparsity(5, 4, 0.5)
 
 
-
 def test_layers_go_at_the_first_step_that_asks_for_any_part_of_one():
     assert [layers_to_drop(t, 6, 1 / 6, 6) for t in range(1, 7)] == [1] * 6
     assert [layers_to_drop(t, 6, 1 / 3, 6) for t in range(1, 7)] == [1, 2, 2, 2, 2, 2]  # cubic: 0.84, 1.41, ...
@@ -133,6 +132,7 @@ def test_layers_go_at_the_first_step_that_asks_for_any_part_of_one():
     assert [layers_to_drop(t, 2, 0.34, 3) for t in range(1, 3)] == [1, 1]
     assert [layers_to_drop(t, 6, 0.1, 6) for t in range(1, 7)] == [0] * 6  # under one whole layer: none
     assert [layers_to_drop(t, 4, 0.0, 12) for t in range(1, 5)] == [0] * 4
+
 
 def test_plan_step_respects_targets_and_floors():
     model = tiny_encoder()
