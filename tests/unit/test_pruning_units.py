@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import copy
+import random
 
+import numpy as np
 import pytest
 import torch
 
 from service.model.encoder import Encoder, EncoderConfig, LayerShape
+from service.model.tokenizer import TextTokenizer
 from service.pruning.config import PruneConfig, preset
 from service.pruning.criteria import CRITERIA, get_criterion
 from service.pruning.distill import DistillLoss
+from service.pruning.job import BUCKET_BATCHES, _batches
 from service.pruning.schedule import cubic_sparsity, layers_to_drop, plan_step, schedule
 from service.pruning.surgery import Keep, apply_mask_gates, prune_encoder
-from tests.conftest import TINY
+from tests.conftest import TINY, minilm_dir
 
 
 def tiny_encoder(seed: int = 0, **overrides) -> Encoder:
@@ -174,3 +178,19 @@ def test_encoder_config_roundtrip_and_counts():
     # FLOPs: 2 x MACs of q,k,v,o + attention + FFN, per layer
     assert cfg.flops_per_token(10) == 2 * sum(4 * 16 * 4 * s.heads + 2 * 10 * 4 * s.heads + 2 * 16 * s.ffn
                                               for s in cfg.layers)
+
+
+def test_training_batches_group_texts_of_similar_length_and_lose_none():
+    tok = TextTokenizer(minilm_dir() / "tokenizer.json", 64)
+    rng = random.Random(0)
+    batch_size = 8
+    texts = [" ".join(["word"] * rng.randint(1, 40)) for _ in range(batch_size * BUCKET_BATCHES)]
+    gen = _batches(texts, tok, batch_size, seed=0)
+    masks = [next(gen)["attention_mask"].numpy() for _ in range(BUCKET_BATCHES)]  # one pass
+    lengths = np.concatenate([m.sum(axis=1) for m in masks])
+    assert sorted(lengths.tolist()) == sorted(tok.count(texts))
+    padding = 1 - lengths.sum() / sum(m.size for m in masks)
+    assert padding < 0.05  # drawn at random, batches of these texts are about a third padding
+    widths = [m.shape[1] for m in masks]
+    assert widths != sorted(widths)  # the batches themselves still come in random order
+
