@@ -190,7 +190,7 @@ def test_training_batches_group_texts_of_similar_length_and_lose_none():
     lengths = np.concatenate([m.sum(axis=1) for m in masks])
     assert sorted(lengths.tolist()) == sorted(tok.count(texts))
     padding = 1 - lengths.sum() / sum(m.size for m in masks)
-    assert padding < 0.05  # drawn at random, batches of these texts are about a third padding
+    assert padding < 0.05  # drawn at random, batches of eight of these texts are about 40% padding
     widths = [m.shape[1] for m in masks]
     assert widths != sorted(widths)  # the batches themselves still come in random order
 
