@@ -193,4 +193,3 @@ def test_training_batches_group_texts_of_similar_length_and_lose_none():
     assert padding < 0.05  # drawn at random, batches of eight of these texts are about 40% padding
     widths = [m.shape[1] for m in masks]
     assert widths != sorted(widths)  # the batches themselves still come in random order
-
