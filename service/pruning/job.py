@@ -18,8 +18,8 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from functools import partial
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -310,7 +310,7 @@ def _build(teacher, model_dir, model_sha256, tmp, cfg, corpus, fingerprint, pres
     shutil.rmtree(scratch)
 
     manifest = Manifest(
-        name=name, created_at=datetime.now(timezone.utc), fingerprint=fingerprint,
+        name=name, created_at=datetime.now(UTC), fingerprint=fingerprint,
         source_model=str(model_dir), source_model_sha256=model_sha256, max_tokens=MAX_TOKENS,
         criterion=cfg.criterion,
         schedule={"kind": "cubic (Zhu & Gupta 2017)", "steps": cfg.pruning_steps, "history": history},
