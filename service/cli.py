@@ -301,7 +301,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGTERM, _stop)
 
     # Logical CPUs are reservations: never fewer than the application asks for, even on 2 cores.
-    wanted = cfg.dense.num_cpus + cfg.pruned.num_cpus + cfg.router.num_cpus
+    wanted = cfg.dense.num_cpus + cfg.router.num_replicas * cfg.router.num_cpus
     # log_to_driver off: forwarding every replica's access-log line to this terminal cost so much
     # CPU on 2 cores that a 130 req/s burst collapsed (p99 30 s) where it is carried without it
     # (p99 0.26 s; BENCHMARKS.md). The logs stay in Ray's session directory, printed below.

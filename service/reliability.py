@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC
 from pathlib import Path
 
 import aiohttp
@@ -176,12 +177,17 @@ def replica_pids(deployment: str, app: str = APP) -> list[int]:
 
 
 def serve_pids(app: str = APP) -> dict[str, list[int]]:
-    return {d: replica_pids(d, app) for d in ("Router", "Dense", "Pruned")}
+    return {d: replica_pids(d, app) for d in ("Router", "Dense")}
 
 
-def kill_replicas(deployment: str, app: str = APP) -> list[int]:
-    """SIGKILL every replica process of ``deployment``: the crash a replica gets from the OOM killer."""
-    pids = replica_pids(deployment, app)
+# The deployment that hosts each variant: the CPU variant runs inside the ingress replicas.
+HOSTS = {"pruned": "Router", "dense": "Dense"}
+
+
+def kill_replicas(deployment: str, app: str = APP, count: int | None = None) -> list[int]:
+    """SIGKILL ``count`` replica processes of ``deployment`` (default: all): the crash a replica gets
+    from the OOM killer."""
+    pids = replica_pids(deployment, app)[:count]
     if not pids:
         raise RuntimeError(f"no live replica process of {app}:{deployment} on this node")
     for pid in pids:
@@ -318,27 +324,32 @@ class FailureResult(BaseModel):
     reasons: list[str]
 
 
-def replica_failure(url: str, deployment: str, *, weights: dict[str, float], rate_rps: float = 10.0,
+def replica_failure(url: str, variant: str, *, weights: dict[str, float], rate_rps: float = 10.0,
                     duration_s: float = 30.0, kill_at_s: float = 5.0, split_requests: int = 400,
                     max_failure_ratio: float = 0.001, metrics_url: str | None = None,
                     replace_timeout_s: float = 180.0, metrics_wait_s: float = 30.0, app: str = APP) -> FailureResult:
-    """Routed load; SIGKILL the ``deployment``'s replicas ``kill_at_s`` into it; check the aftermath.
+    """Routed load; SIGKILL a process hosting ``variant`` ``kill_at_s`` into it; check the aftermath.
 
-    Passes when client-visible failures stay within ``max_failure_ratio``, some answers came by
-    fallback (in the response headers, and in the exported metric when ``metrics_url`` is given),
-    Ray started a new replica process, and afterwards the routed split matches ``weights`` again
-    (within four standard deviations over ``split_requests`` requests).
+    For the dense variant that is every Dense replica: routed requests must fall back to the CPU
+    variant (in the response headers, and in the exported metric when ``metrics_url`` is given).
+    For the CPU variant it is one ingress replica: the proxy in front retries a request that got
+    no answer on another ingress replica, so nothing needs to fall back. Passes when client-visible
+    failures stay within ``max_failure_ratio``, Ray started a new replica process, and afterwards
+    the routed split matches ``weights`` again (within four standard deviations over
+    ``split_requests`` requests).
     """
-    variant = deployment.lower()
+    deployment = HOSTS[variant]
+    expect_fallback = variant == "dense"
     base = fallback_count(metrics_url) if metrics_url else None
     pool = ThreadPoolExecutor(1)
     loading = pool.submit(drive, url, rate_rps, duration_s)  # routed: no pin, no user key
     time.sleep(kill_at_s)
-    killed = kill_replicas(deployment, app)
+    before = set(replica_pids(deployment, app))
+    killed = kill_replicas(deployment, app, count=None if expect_fallback else 1)
     t_kill = time.monotonic()
     new: list[int] = []
     while time.monotonic() - t_kill < replace_timeout_s:
-        new = [p for p in replica_pids(deployment, app) if p not in killed]
+        new = [p for p in replica_pids(deployment, app) if p not in before]
         if new and _answers_pinned(url, variant):
             break
         time.sleep(0.2)
@@ -368,7 +379,7 @@ def replica_failure(url: str, deployment: str, *, weights: dict[str, float], rat
     if load.failure_ratio + load.shed / max(1, load.sent) > max_failure_ratio:
         reasons.append(f"{load.failed + load.shed} of {load.sent} requests failed or were shed "
                        f"(limit {max_failure_ratio:.1%}): {load.by_status}")
-    if fallbacks == 0:
+    if expect_fallback and fallbacks == 0:
         reasons.append("no answer came by fallback while the replica was down")
     if metrics_url and (metric_delta or 0) < fallbacks:
         reasons.append(f"the fallback metric rose by {metric_delta}, fewer than the {fallbacks} fallback answers")
@@ -461,7 +472,7 @@ def run_reliability(*, out_dir: Path = Path("results") / "reliability", artifact
     """
     import json
     import secrets
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from service._net import free_port
     from service.bench import hardware_description
@@ -471,7 +482,7 @@ def run_reliability(*, out_dir: Path = Path("results") / "reliability", artifact
     out_dir.mkdir(parents=True, exist_ok=True)
     art = ensure_artifacts(artifacts, None, say)
     slo = SloCriteria()
-    summary: dict = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    summary: dict = {"created_at": datetime.now(UTC).isoformat(timespec="seconds"),
                      "hardware": hardware_description(), "artifacts": str(art.resolve()),
                      "slo_p99_ms": slo.slo_p99_ms, "scenarios": {}}
 
@@ -520,11 +531,12 @@ def run_reliability(*, out_dir: Path = Path("results") / "reliability", artifact
         if "kill" in scenarios:
             survivor_rate = max(1.0, 0.5 * min(x_pruned, x_dense or x_pruned))
             weights = _set_weights(url, token, 0.5)
-            for deployment in ("Pruned", "Dense"):
-                say(f"replica failure: SIGKILL {deployment} 10 s into 60 s of routed load at {survivor_rate:g} req/s")
-                r = replica_failure(url, deployment, weights=weights, rate_rps=survivor_rate, duration_s=60,
+            for variant in ("pruned", "dense"):
+                say(f"replica failure: SIGKILL a {HOSTS[variant]} replica (hosts {variant}) 10 s into 60 s of "
+                    f"routed load at {survivor_rate:g} req/s")
+                r = replica_failure(url, variant, weights=weights, rate_rps=survivor_rate, duration_s=60,
                                     kill_at_s=10, metrics_url=metrics_url)
-                summary["scenarios"][f"kill_{deployment.lower()}"] = r.model_dump(mode="json")
+                summary["scenarios"][f"kill_{variant}"] = r.model_dump(mode="json")
                 save()
                 say(f"  passed={r.passed} failed={r.load.failed + r.load.shed}/{r.load.sent} "
                     f"fallbacks={r.fallbacks_in_answers} replaced after {r.replaced_after_s} s {'; '.join(r.reasons)}")

@@ -13,7 +13,7 @@ import numpy as np
 
 from service.model.tokenizer import TextTokenizer
 
-__all__ = ["Backend", "OnnxBackend", "TorchBackend"]
+__all__ = ["Backend", "OnnxBackend", "TorchBackend", "cpu_variant_backend"]
 
 log = logging.getLogger(__name__)
 
@@ -124,3 +124,8 @@ class TorchBackend(Backend):
             mask = torch.from_numpy(attention_mask).to(self.device)
             emb, _ = self.model(ids, mask)
             return emb.float().cpu().numpy()
+
+
+def cpu_variant_backend(artifact_dir: str | Path, *, threads: int, truncate: bool = True) -> Backend:
+    """The CPU variant's backend, as the artifacts' manifest names it (the pruned ONNX graph on ONNX Runtime)."""
+    return OnnxBackend(artifact_dir, variant="pruned", threads=threads, truncate=truncate)

@@ -47,16 +47,17 @@ class TextTokenizer:
     def count(self, texts: list[str]) -> list[int]:
         return [len(e.ids) for e in self._tok.encode_batch(texts)]
 
-    def __call__(self, texts: list[str], *, truncate: bool = True) -> Batch:
-        encodings = self._tok.encode_batch(texts)
-        ids = [e.ids for e in encodings]
-        if truncate:
-            # Keep the final [SEP]: cut the body, not the closing special token.
-            ids = [x if len(x) <= self.max_tokens else x[: self.max_tokens - 1] + x[-1:] for x in ids]
-        else:
-            for i, x in enumerate(ids):
-                if len(x) > self.max_tokens:
-                    raise TokenLimitError(i, len(x), self.max_tokens)
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Token ids per text, special tokens included, not truncated (the caller applies its limit)."""
+        return [e.ids for e in self._tok.encode_batch(texts)]
+
+    def truncate(self, ids: list[int], max_tokens: int | None = None) -> list[int]:
+        """The first tokens of ``ids``, keeping the final [SEP]: the body is cut, not the closing token."""
+        limit = max_tokens or self.max_tokens
+        return ids if len(ids) <= limit else ids[: limit - 1] + ids[-1:]
+
+    def pad(self, ids: list[list[int]]) -> Batch:
+        """One batch padded to its own longest input (dynamic padding)."""
         width = max(len(x) for x in ids)
         input_ids = np.full((len(ids), width), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(ids), width), dtype=np.int64)
@@ -64,3 +65,13 @@ class TextTokenizer:
             input_ids[i, : len(x)] = x
             mask[i, : len(x)] = 1
         return Batch(input_ids, mask)
+
+    def __call__(self, texts: list[str], *, truncate: bool = True) -> Batch:
+        ids = self.encode(texts)
+        if truncate:
+            ids = [self.truncate(x) for x in ids]
+        else:
+            for i, x in enumerate(ids):
+                if len(x) > self.max_tokens:
+                    raise TokenLimitError(i, len(x), self.max_tokens)
+        return self.pad(ids)

@@ -30,7 +30,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -138,7 +138,7 @@ def measure(artifacts: Path, runs: int, waits: list[float], edge: bool) -> Overh
                                     p90_ms={k: round(_pct(v, 90), 3) for k, v in t.items()},
                                     overhead_p50_ms=round(p50["http_embed"] - p50["in_process"], 3)))
             serve.delete("overhead")
-    return OverheadResult(created_at=datetime.now(timezone.utc), artifact_dir=str(artifacts),
+    return OverheadResult(created_at=datetime.now(UTC), artifact_dir=str(artifacts),
                           hardware=hardware_description(), runs=runs, text=TEXT, rows=rows)
 
 

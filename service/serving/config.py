@@ -22,7 +22,10 @@ from pydantic import (
 
 __all__ = [
     "VARIANTS",
+    "BatchingConfig",
+    "CpuVariantConfig",
     "LimitsConfig",
+    "ReplicaConfig",
     "RouterConfig",
     "RoutingConfig",
     "ServingConfig",
@@ -50,9 +53,6 @@ class Weights(_Strict):
             raise ValueError(f"weights must sum to 1.0, got dense={self.dense} pruned={self.pruned}")
         return self
 
-    def of(self, variant: str) -> float:
-        return self.dense if variant == "dense" else self.pruned
-
 
 class RoutingConfig(_Strict):
     """The Router's ``user_config``: changed at run time by ``serve deploy`` or ``PUT /admin/routing``."""
@@ -62,20 +62,21 @@ class RoutingConfig(_Strict):
         0.0, description="fraction of answered requests also sent, in the background, to the other variant")
 
 
-class VariantConfig(_Strict):
-    """Resources, batching and backpressure of one model deployment."""
+class BatchingConfig(_Strict):
+    """How one variant's texts are batched into model calls, and what its instance costs."""
 
-    num_replicas: PositiveInt = Field(1, description="replicas of this deployment")
-    num_cpus: PositiveFloat = Field(1.0, description="CPUs reserved per replica; ONNX Runtime intra-op threads")
-    num_gpus: NonNegativeFloat = Field(0.0, description="GPUs per replica (dense: 1 on a GPU node)")
     max_batch_size: PositiveInt = Field(32, description="most texts embedded in one model call")
     batch_wait_timeout_s: confloat(ge=0.0, le=1.0) = Field(
         0.005, description="how long a batch waits for more requests after its first one, seconds")
-    max_ongoing_requests: PositiveInt = Field(32, description="requests in flight per replica")
-    max_queued_requests: PositiveInt = Field(
-        64, description="requests a caller may queue for this deployment before it sheds load")
     price_usd_per_hour: NonNegativeFloat | None = Field(
         None, description="instance price exported as a gauge, for live dollars per million requests")
+
+
+class ReplicaConfig(_Strict):
+    """Replicas, placement and autoscaling of one Serve deployment."""
+
+    num_replicas: PositiveInt = Field(1, description="replicas of this deployment (the autoscaling floor)")
+    num_cpus: PositiveFloat = Field(1.0, description="CPUs reserved per replica; the model runtime's intra-op threads")
     resources: dict[str, PositiveFloat] = Field(
         default_factory=dict,
         description="custom Ray resources per replica, e.g. {dense_pool: 0.01}: replicas go only to nodes "
@@ -87,30 +88,67 @@ class VariantConfig(_Strict):
         16.0, description="requests in flight per replica that autoscaling aims at (with max_replicas only)")
 
     @model_validator(mode="after")
-    def _replica_range(self) -> VariantConfig:
+    def _replica_range(self):
         if self.max_replicas is not None and self.max_replicas < self.num_replicas:
             raise ValueError(f"max_replicas ({self.max_replicas}) is below num_replicas ({self.num_replicas}): "
                              "num_replicas is the autoscaling floor; raise max_replicas or lower num_replicas")
         return self
 
 
-class RouterConfig(_Strict):
-    """The ingress deployment."""
+class VariantConfig(BatchingConfig, ReplicaConfig):
+    """The dense deployment: resources, batching and backpressure (reached by handle from the ingress)."""
 
-    num_replicas: PositiveInt = Field(1, description="router replicas")
-    num_cpus: PositiveFloat = Field(0.5, description="CPUs reserved per router replica")
-    max_ongoing_requests: PositiveInt = Field(128, description="HTTP requests in flight per router replica")
+    num_cpus: PositiveFloat = Field(1.0, description="CPUs reserved per replica; torch threads on CPU")
+    num_gpus: NonNegativeFloat = Field(0.0, description="GPUs per replica (1 on a GPU node)")
+    max_ongoing_requests: PositiveInt = Field(32, description="requests in flight per replica")
+    max_queued_requests: PositiveInt = Field(
+        64, description="requests the ingress may queue for this deployment before it sheds load")
+
+
+class CpuVariantConfig(BatchingConfig):
+    """The CPU variant, served inside each ingress replica: batching and its own queue.
+
+    Its replicas, CPUs and placement are the ingress's (``router``): one ingress replica is one
+    CPU-variant replica, with ``router.num_cpus`` runtime threads.
+    """
+
+    max_queued_requests: PositiveInt = Field(
+        64, description="requests waiting for a batch in one ingress replica; past it the variant sheds "
+                        "(routed requests fall back to dense, pinned ones get 429)")
+
+
+class RouterConfig(ReplicaConfig):
+    """The ingress deployment: HTTP, routing, and the CPU variant in-process."""
+
+    num_replicas: PositiveInt = Field(
+        2, description="ingress replicas, each serving the CPU variant; two, so that losing one process "
+                       "costs no request (the edge retries on the other)")
+    num_cpus: PositiveFloat = Field(
+        1.0, description="CPUs reserved per ingress replica; the CPU variant's runtime threads (at least 1)")
+    max_ongoing_requests: PositiveInt = Field(128, description="HTTP requests in flight per ingress replica")
     max_queued_requests: PositiveInt = Field(
         256, description="HTTP requests queued at the proxy before it answers 503 with Retry-After")
     retry_after_s: PositiveInt = Field(1, description="Retry-After sent with 429 and 503 answers, seconds")
-    variant_timeout_s: PositiveFloat = Field(30.0, description="longest wait for a variant's answer, seconds")
+    variant_timeout_s: PositiveFloat = Field(
+        30.0, description="longest wait for a variant's answer, seconds; past it the call is cancelled")
     max_shadow_in_flight: PositiveInt = Field(
-        16, description="shadow requests in flight per router replica; more are skipped, never queued")
+        16, description="shadow requests in flight per ingress replica; more are skipped, never queued")
     health_period_s: PositiveFloat = Field(
-        0.5, description="how often the router probes each variant (a metadata call), seconds")
-    health_timeout_s: PositiveFloat = Field(
-        1.0, description="a probe unanswered this long marks the variant down: routed requests then go to the "
-                         "other one at once, and those already waiting on it are moved there, seconds")
+        0.5, description="how often the ingress probes the dense replicas out of band (not through their "
+                         "request queue), seconds")
+    health_timeout_s: PositiveFloat = Field(1.0, description="a probe unanswered this long is a miss, seconds")
+    health_misses_to_down: PositiveInt = Field(
+        2, description="consecutive missed probes that mark the dense variant down: new routed requests then go "
+                       "to the CPU variant; requests already sent finish or time out")
+    health_successes_to_up: PositiveInt = Field(
+        2, description="consecutive answered probes that mark a down variant up again")
+    error_window_s: PositiveFloat = Field(
+        10.0, description="window over which each variant's inference error rate is measured, seconds")
+    max_error_rate: confloat(gt=0.0, le=1.0) = Field(
+        0.5, description="a variant whose errors over the window reach this share (of at least "
+                         "error_min_requests calls) is treated as down for routing until the rate falls")
+    error_min_requests: PositiveInt = Field(
+        5, description="calls in the window before its error rate can mark a variant down")
 
 
 class LimitsConfig(_Strict):
@@ -121,6 +159,9 @@ class LimitsConfig(_Strict):
         None, description="tokens per text, special tokens included; default: the model's limit (manifest)")
     over_token_limit: Literal["reject", "truncate"] = Field(
         "reject", description="reject: answer 400 naming the input; truncate: embed the first tokens only")
+    max_chars_per_input: PositiveInt = Field(
+        8192, description="characters per text, checked before tokenising (a 256-token English text is ~1,500): "
+                          "over it, reject answers 400 and truncate keeps the first max_chars_per_input")
     max_body_bytes: PositiveInt = Field(1 << 20, description="largest request body, bytes (413 above it)")
 
 
@@ -139,9 +180,10 @@ class ServingConfig(_Strict):
         default_factory=lambda: _default_artifact_dir(),
         description="artifact directory published by `twinserve prune` (manifest.json inside)")
     dense: VariantConfig = Field(default_factory=VariantConfig)
-    pruned: VariantConfig = Field(
-        default_factory=VariantConfig,
-        description=f"batch_wait_timeout_s defaults to {PRUNED_BATCH_WAIT_S} here (no window)")
+    pruned: CpuVariantConfig = Field(
+        default_factory=CpuVariantConfig,
+        description=f"the CPU variant, in the ingress replicas; batch_wait_timeout_s defaults to "
+                    f"{PRUNED_BATCH_WAIT_S} here (no window)")
     router: RouterConfig = Field(default_factory=RouterConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     routing: RoutingConfig = Field(
@@ -154,13 +196,18 @@ class ServingConfig(_Strict):
         # One place for the pruned default: an absent `pruned:` section, or one that leaves the
         # batch wait out, gets PRUNED_BATCH_WAIT_S rather than VariantConfig's window.
         if isinstance(data, dict) and isinstance(pruned := data.get("pruned", {}), dict):
+            moved = sorted(set(pruned) & (set(ReplicaConfig.model_fields) | {"num_gpus", "max_ongoing_requests"}))
+            if moved:
+                raise ValueError(
+                    f"pruned.{moved[0]}: the CPU variant runs inside the ingress replicas, so its replicas, CPUs "
+                    f"and placement are the router's; set router.{moved[0]} instead (or drop it)")
             data = {**data, "pruned": {"batch_wait_timeout_s": PRUNED_BATCH_WAIT_S, **pruned}}
         return data
 
     @model_validator(mode="after")
     def _batches_hold_a_request(self) -> ServingConfig:
         for name in VARIANTS:
-            v: VariantConfig = getattr(self, name)
+            v: BatchingConfig = getattr(self, name)
             if v.max_batch_size < self.limits.max_inputs_per_request:
                 raise ValueError(
                     f"{name}.max_batch_size ({v.max_batch_size}) is smaller than "

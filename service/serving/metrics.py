@@ -7,9 +7,11 @@ Created lazily, once per process, because Ray metrics need a connected Ray worke
 
 from __future__ import annotations
 
+import threading
+import time
 from functools import lru_cache
 
-__all__ = ["LATENCY_BUCKETS_S", "ServingMetrics", "serving_metrics"]
+__all__ = ["LATENCY_BUCKETS_S", "ServingMetrics", "keep_price_gauge", "serving_metrics"]
 
 # Resolve 1-100 ms finely (where both variants live), then coarser out to 10 s.
 LATENCY_BUCKETS_S = [
@@ -34,7 +36,8 @@ class ServingMetrics:
             boundaries=LATENCY_BUCKETS_S, tag_keys=("variant", "reason"))
         self.model_latency = Histogram(
             "twinserve_model_latency_seconds",
-            description="Tokenise + model time per batch inside the variant replica, seconds.",
+            description="Padding + model time per batch (the CPU variant in the ingress replica, the dense one "
+                        "in its own replica), seconds.",
             boundaries=LATENCY_BUCKETS_S, tag_keys=("variant",))
         self.batch_size = Histogram(
             "twinserve_batch_size",
@@ -54,7 +57,8 @@ class ServingMetrics:
             tag_keys=("variant", "status"))
         self.variant_up = Gauge(
             "twinserve_variant_up",
-            description="1 while the router's health probe of a variant answers, 0 while it is marked down.",
+            description="1 while a variant is up for routing, 0 while it is marked down (missed probes or "
+                        "errors over the window).",
             tag_keys=("variant",))
         self.price = Gauge(
             "twinserve_instance_price_usd_per_hour",
@@ -65,3 +69,21 @@ class ServingMetrics:
 @lru_cache(maxsize=1)
 def serving_metrics() -> ServingMetrics:
     return ServingMetrics()
+
+
+def keep_price_gauge(variant: str, price_usd_per_hour: float | None, every_s: float = 1.0) -> None:
+    """Export the variant's instance price from a daemon thread, re-set every ``every_s``.
+
+    Ray's metrics agent drops a gauge series that has not been recorded for two report intervals, so
+    a price set once at start vanished from long-lived replicas.
+    """
+    if price_usd_per_hour is None:
+        return
+    gauge, tags = serving_metrics().price, {"variant": variant}
+
+    def loop() -> None:
+        while True:
+            gauge.set(price_usd_per_hour, tags=tags)
+            time.sleep(every_s)
+
+    threading.Thread(target=loop, name=f"twinserve-{variant}-price-gauge", daemon=True).start()

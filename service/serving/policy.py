@@ -10,7 +10,7 @@ Order of precedence:
    after a restart, and moving the weight boundary only moves the users between the old and new one.
 3. Otherwise a weighted draw (``weight``).
 
-When the chosen variant is unavailable or sheds load, or is already known to be down,
+When the chosen variant is unavailable, fails, or sheds load, or is already known to be down,
 :func:`dispatch` sends the request to the other one (``fallback``), unless it was pinned.
 """
 
@@ -28,6 +28,7 @@ __all__ = [
     "MODEL_NAMES",
     "Route",
     "RoutingError",
+    "VariantFailed",
     "VariantUnavailable",
     "choose",
     "dispatch",
@@ -60,6 +61,15 @@ class VariantUnavailable(RuntimeError):
     def __init__(self, variant: str, why: str, *, shed: bool):
         super().__init__(f"the {variant} variant {why}")
         self.variant, self.shed = variant, shed
+
+
+class VariantFailed(VariantUnavailable):
+    """A variant raised an error for the request (its model, its replica): counted as an error, and a
+    routed request falls back like for an unavailable variant."""
+
+    def __init__(self, variant: str, error: BaseException):
+        super().__init__(variant, f"failed ({type(error).__name__})", shed=False)
+        self.error = error
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,23 @@
-"""The ingress deployment: FastAPI, the HTTP API of DESIGN.md, and dispatch by policy.
+"""The ingress deployment: the HTTP API, routing, and the CPU variant served in-process.
 
-The router only dispatches: it validates the request, asks :func:`policy.choose` for a variant,
-awaits that variant's handle (falling back to the other one when it is down or shedding load),
-optionally sends a shadow copy in the background, and writes the answer. Model work, tokenising
-for the model and batching happen in the variant replicas.
+Per request: read and validate the body, cap each text's characters, tokenise once (the Rust
+tokenizer's ``encode_batch``; off the event loop when the request is large), apply the token
+limit, ask :func:`policy.choose` for a variant, and then either
+
+* **pruned** (the CPU variant): batch the token ids in this replica (``@serve.batch``, counting
+  texts) and run the runtime the manifest names, off the event loop; or
+* **dense**: send the token ids (never the texts) to the Dense deployment by handle, cancelling
+  the Ray request when it times out.
+
+A routed request falls back to the other variant when its own is down, shedding load or failing
+(:func:`policy.dispatch`); pinned requests never do. Health (:mod:`service.serving.health`) comes
+from an out-of-band probe of the dense replicas (their queue-length method, which Ray answers on a
+thread of its own, not behind requests) with hysteresis, and from each variant's error rate.
+Marking a variant down moves new requests only. An optional shadow copy goes to the other variant
+in the background and records the cosine between the two answers.
+
+One ingress replica is one CPU-variant replica: ``router.num_replicas`` and ``router.num_cpus``
+are the CPU variant's capacity and threads.
 """
 
 # No `from __future__ import annotations` here: FastAPI must see real types on the route methods.
@@ -13,11 +27,10 @@ import hmac
 import logging
 import random
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from ray import serve
@@ -25,18 +38,23 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from service.model.tokenizer import TextTokenizer
+from service.model.backends import cpu_variant_backend
+from service.serving.api import Failure, api, body_doc, openai_error, v2_error
 from service.serving.config import VARIANTS, RoutingConfig, ServingConfig
-from service.serving.metrics import serving_metrics
+from service.serving.deployments import n_texts
+from service.serving.health import VariantHealth
+from service.serving.metrics import keep_price_gauge, serving_metrics
 from service.serving.policy import (
     MODEL_NAMES,
     Route,
     RoutingError,
+    VariantFailed,
     VariantUnavailable,
     choose,
     dispatch,
     other,
 )
+from service.serving.routing_state import routing_state
 from service.serving.schemas import (
     EmbeddingRequest,
     InferRequest,
@@ -52,111 +70,114 @@ __all__ = ["Router", "api"]
 
 log = logging.getLogger("ray.serve")
 
-api = FastAPI(
-    title="twinserve",
-    description="One encoder, two variants (dense, pruned INT8), one endpoint: OpenAI embeddings and "
-                "Open Inference Protocol v2.",
-    version="0.1.0",
-)
-
-def _body(model: type, description: str) -> dict:
-    """``openapi_extra`` for a route that reads its own body: the body's schema, for clients and fuzzers."""
-    return {"requestBody": {"required": True, "description": description, "content": {
-        "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
-
-
-def _openapi() -> dict:
-    """FastAPI's document plus the request models, which the routes validate themselves (for the
-    error messages and the body limit) and so FastAPI cannot see."""
-    if api.openapi_schema is None:
-        from fastapi.openapi.utils import get_openapi
-
-        doc = get_openapi(title=api.title, version=api.version, description=api.description, routes=api.routes)
-        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
-        for model in (EmbeddingRequest, InferRequest, RoutingUpdate):
-            s = model.model_json_schema(ref_template="#/components/schemas/{model}")
-            schemas.update(s.pop("$defs", {}))
-            schemas[model.__name__] = s
-        api.openapi_schema = doc
-    return api.openapi_schema
-
-
-api.openapi = _openapi
-
-
-@api.exception_handler(Exception)
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    """A bug still answers JSON, and the log names the route, not the body."""
-    log.error("twinserve: unexpected %s on %s %s", type(exc).__name__, request.method, request.url.path,
-              exc_info=exc)
-    return JSONResponse({"error": {"message": "internal error; the server log has the details",
-                                   "type": "internal_error"}}, status_code=500)
-
-
-@dataclass(frozen=True)
-class _Failure:
-    """A failed inference request, the same for both APIs; each endpoint writes it in its own format."""
-
-    metric_status: str
-    status: int
-    message: str
-    headers: dict[str, str]
-    param: str | None = None
-    code: str | None = None
-
-
 _UNAVAILABLE = (DeploymentUnavailableError, ReplicaUnavailableError, RayActorError, ActorDiedError,
                 ActorUnavailableError)
 _INPUT_NAME, _OUTPUT_NAME = "text", "embedding"
-_REQUEST_FAILURES = (InputError, RoutingError, VariantUnavailable, TimeoutError)
+# Requests with fewer characters than this are tokenised on the event loop: a thread hop costs more
+# than encoding them (tens of microseconds); larger ones go to a thread so that one request of 32
+# long texts does not hold every other request on this replica.
+INLINE_TOKENISE_CHARS = 2048
 
 
-def _openai_error(status: int, message: str, *, param: str | None = None, code: str | None = None,
-                  headers: dict | None = None) -> JSONResponse:
-    kind = "invalid_request_error" if status < 500 else "service_unavailable"
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
-                        status_code=status, headers=headers)
+def dense_replica_actors(app: str, deployment: str) -> list:
+    """Actor handles of the live replicas of ``app``'s ``deployment``.
 
+    Ray Serve names replica actors ``SERVE_REPLICA::<app>#<deployment>#<id>`` in the ``serve``
+    namespace (``ReplicaID.to_full_id_str``); there is no public call that lists them. The names
+    go with the actor: a dead replica is not listed.
+    """
+    import ray
+    from ray.serve._private.common import ReplicaID
+    from ray.serve._private.constants import SERVE_NAMESPACE
 
-def _v2_error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+    handles = []
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        name = actor["name"] if isinstance(actor, dict) else actor
+        if not ReplicaID.is_full_id_str(name):
+            continue
+        rid = ReplicaID.from_full_id_str(name)
+        if rid.deployment_id.app_name == app and rid.deployment_id.name == deployment:
+            try:
+                handles.append(ray.get_actor(name, namespace=SERVE_NAMESPACE))
+            except ValueError:  # gone between the listing and the lookup
+                pass
+    return handles
 
 
 @serve.deployment(name="Router")
 @serve.ingress(api)
 class Router:
-    def __init__(self, dense: DeploymentHandle, pruned: DeploymentHandle, config: ServingConfig):
-        from service.pruning.manifest import verify_artifacts
+    def __init__(self, dense: DeploymentHandle, config: ServingConfig):
         from service.settings import Settings
 
         self.cfg = config
-        self.handles = {"dense": dense, "pruned": pruned}
-        manifest = verify_artifacts(config.artifact_dir, only=[  # the router counts tokens with it
-            "tokenizer.json"])
-        self.max_tokens = config.limits.max_tokens_per_input or manifest.max_tokens
-        self.tokenizer = TextTokenizer(config.artifact_dir / manifest.tokenizer_file, manifest.max_tokens)
+        self.dense = dense
+        r, limits = config.router, config.limits
+        self.backend = cpu_variant_backend(config.artifact_dir, threads=max(1, int(r.num_cpus)))
+        self.backend.load()  # verifies the manifest's sha256 of every file it reads; raises on a mismatch
+        self.tokenizer = self.backend.tokenizer  # the one tokenizer.json both variants share
+        model_limit = self.tokenizer.max_tokens
+        if limits.max_tokens_per_input is not None and limits.max_tokens_per_input > model_limit:
+            raise ValueError(
+                f"limits.max_tokens_per_input ({limits.max_tokens_per_input}) is above the model's limit "
+                f"of {model_limit} tokens (manifest.json max_tokens); lower it or leave it unset")
+        self.max_tokens = limits.max_tokens_per_input or model_limit
+        self._cpu_batch.set_max_batch_size(config.pruned.max_batch_size)
+        self._cpu_batch.set_batch_wait_timeout_s(config.pruned.batch_wait_timeout_s)
+        self._cpu_pending = 0  # requests in the CPU variant's batch queue or batch, this replica
+        self.dim = int(self.backend.embed(["dimension probe"]).shape[1])
         self.routing = config.routing
+        self._state = None  # the application's RoutingState actor, looked up on first use
+        self._routing_version, self._routing_source = 0, "build_app args"
         token = Settings().admin_token  # from the environment only: never a bind argument in GCS
         self._admin_token = token.get_secret_value().encode() if token else None
         self._rng = random.Random()
         self._shadow_tasks: set[asyncio.Task] = set()
         self._shadow_stats = {"completed": 0, "failed": 0, "skipped": 0, "cosine_sum": 0.0,
                               "cosine_min": None, "latency_s_sum": 0.0}
-        self._meta: dict[str, dict] = {}
-        self._down: dict[str, asyncio.Event] = {}  # set while a variant is marked down; made in the loop
+        self._dense_meta: dict | None = None
+        self.health = VariantHealth(VARIANTS, misses_to_down=r.health_misses_to_down,
+                                    successes_to_up=r.health_successes_to_up, window_s=r.error_window_s,
+                                    max_error_rate=r.max_error_rate, min_requests=r.error_min_requests)
         self._monitor: asyncio.Task | None = None
         self._metrics = serving_metrics()
-        self._replica = serve.get_replica_context().replica_id.unique_id
-        log.info("twinserve router: artifacts %s, token limit %d (%s), admin endpoint %s",
-                 config.artifact_dir, self.max_tokens, config.limits.over_token_limit,
+        keep_price_gauge("pruned", config.pruned.price_usd_per_hour)
+        ctx = serve.get_replica_context()
+        self._app, self._replica = ctx.app_name, ctx.replica_id.unique_id
+        log.info("twinserve ingress: CPU variant %s (%s, %s) in-process with %d threads, batches of up to %d "
+                 "texts waiting %.1f ms; artifacts %s, token limit %d (%s), admin endpoint %s",
+                 getattr(self.backend, "runtime", "onnxruntime"), self.backend.precision, self.backend.device,
+                 self.backend.threads, config.pruned.max_batch_size, config.pruned.batch_wait_timeout_s * 1e3,
+                 config.artifact_dir, self.max_tokens, limits.over_token_limit,
                  "enabled" if self._admin_token else "disabled (no TWINSERVE_ADMIN_TOKEN)")
 
-    def reconfigure(self, user_config: dict) -> None:
-        """Ray Serve ``user_config``: weights and shadow fraction, applied without a restart."""
-        self.routing = RoutingConfig.model_validate(user_config)
-        log.info("twinserve router: routing set to %s", self.routing.model_dump())
+    async def reconfigure(self, user_config: dict) -> None:
+        """Ray Serve ``user_config``: weights and shadow fraction, applied without a restart.
 
-    # ---- helpers -------------------------------------------------------------------------------
+        Goes through the application's routing state (:mod:`service.serving.routing_state`): a
+        changed ``user_config`` replaces it for every replica; the same one again (this replica
+        starting) keeps an admin change that is in force.
+        """
+        routing = RoutingConfig.model_validate(user_config)
+        self._apply(*await self._routing_state().deploy.remote(routing.model_dump()))
+        self._watch()  # health probes and routing sync from now on, not from the first request
+
+    def _routing_state(self):
+        if self._state is None:
+            self._state = routing_state(self._app)
+        return self._state
+
+    def _apply(self, version: int, routing: dict | None, source: str) -> None:
+        if routing is not None and version > self._routing_version:
+            self.routing, self._routing_version, self._routing_source = (
+                RoutingConfig.model_validate(routing), version, source)
+            log.info("twinserve router: routing set to %s (%s, version %d)", self.routing.model_dump(), source,
+                     version)
+
+    async def _sync_routing(self) -> None:
+        self._apply(*await asyncio.wait_for(self._routing_state().get.remote(), self.cfg.router.health_timeout_s))
+
+    # ---- request body and texts ----------------------------------------------------------------
 
     async def _read_body(self, request: Request) -> bytes:
         limit = self.cfg.limits.max_body_bytes
@@ -173,92 +194,155 @@ class Router:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _check_texts(self, texts: list[str]) -> int:
-        """Limits on inputs; returns the number of tokens the model will see (the usage count)."""
+    async def _token_ids(self, texts: list[str]) -> tuple[list[list[int]], int]:
+        """Checked, capped, tokenised texts: token ids per text and the tokens the model sees (usage)."""
         limits = self.cfg.limits
         if not texts:
             raise InputError("input is empty; send a string or a non-empty list of strings", param="input")
         if len(texts) > limits.max_inputs_per_request:
             raise InputError(f"input has {len(texts)} texts, over the limit of {limits.max_inputs_per_request} "
                              "per request; split it into several requests", param="input")
+        reject, cap = limits.over_token_limit == "reject", limits.max_chars_per_input
+        capped = []
         for i, t in enumerate(texts):
             if not t.strip():
                 raise InputError(f"input {i} is empty or only whitespace; send text to embed", param="input")
-        counts = self.tokenizer.count(texts)
-        if limits.over_token_limit == "reject":
-            for i, n in enumerate(counts):
-                if n > self.max_tokens:
-                    raise InputError(f"input {i} has {n} tokens, over the limit of {self.max_tokens}; shorten it "
+            if len(t) > cap:
+                if reject:
+                    raise InputError(f"input {i} has {len(t)} characters, over the limit of {cap}; shorten it "
                                      "or split it into several inputs", param="input")
-        return sum(min(n, self.max_tokens) for n in counts)
+                t = t[:cap]
+            capped.append(t)
+        if sum(map(len, capped)) < INLINE_TOKENISE_CHARS:
+            ids = self.tokenizer.encode(capped)
+        else:
+            ids = await asyncio.to_thread(self.tokenizer.encode, capped)
+        for i, x in enumerate(ids):
+            if len(x) > self.max_tokens:
+                if reject:
+                    raise InputError(f"input {i} has {len(x)} tokens, over the limit of {self.max_tokens}; "
+                                     "shorten it or split it into several inputs", param="input")
+                ids[i] = self.tokenizer.truncate(x, self.max_tokens)
+        return ids, sum(map(len, ids))
 
-    # ---- variant health -------------------------------------------------------------------------
+    # ---- the two variants ------------------------------------------------------------------------
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0, batch_size_fn=n_texts)
+    async def _cpu_batch(self, requests: list[list[list[int]]]) -> list[np.ndarray]:
+        ids = [x for r in requests for x in r]
+        t0 = time.perf_counter()
+        # Off the event loop, so HTTP work and the next batch go on while the runtime computes.
+        emb = await asyncio.to_thread(self._run_cpu, ids)
+        tags = {"variant": "pruned"}
+        self._metrics.model_latency.observe(time.perf_counter() - t0, tags=tags)
+        self._metrics.batch_size.observe(len(ids), tags=tags)
+        out, start = [], 0
+        for r in requests:
+            out.append(emb[start: start + len(r)])
+            start += len(r)
+        return out
+
+    def _run_cpu(self, ids: list[list[int]]) -> np.ndarray:
+        batch = self.tokenizer.pad(ids)
+        return self.backend.embed_ids(batch.input_ids, batch.attention_mask)
+
+    async def _pruned(self, ids: list[list[int]]) -> np.ndarray:
+        if self._cpu_pending >= self.cfg.pruned.max_queued_requests:
+            raise VariantUnavailable("pruned", "is shedding load (its queue is full)", shed=True)
+        self._cpu_pending += 1
+        try:
+            return await asyncio.wait_for(self._cpu_batch(ids), self.cfg.router.variant_timeout_s)
+        except (TimeoutError, asyncio.CancelledError):
+            raise
+        except Exception as e:
+            log.exception("twinserve: the CPU variant failed a batch")
+            raise VariantFailed("pruned", e) from e
+        finally:
+            self._cpu_pending -= 1
+
+    async def _dense(self, ids: list[list[int]]) -> np.ndarray:
+        response = self.dense.embed.remote(ids)
+        try:
+            return await asyncio.wait_for(response, self.cfg.router.variant_timeout_s)
+        except (TimeoutError, asyncio.CancelledError):
+            response.cancel()  # the Ray request too, not only this wait
+            raise
+        except BackPressureError:
+            raise VariantUnavailable("dense", "is shedding load (its queue is full)", shed=True) from None
+        except _UNAVAILABLE as e:
+            raise VariantUnavailable("dense", f"is unavailable ({type(e).__name__})", shed=False) from None
+        except Exception as e:
+            log.warning("twinserve: the dense variant failed a request: %s", e)
+            raise VariantFailed("dense", e) from e
+
+    async def _call(self, variant: str, ids: list[list[int]]) -> np.ndarray:
+        """One variant's embeddings; every outcome but shedding goes into its error window."""
+        try:
+            emb = await (self._pruned(ids) if variant == "pruned" else self._dense(ids))
+        except VariantUnavailable as e:
+            if not e.shed:
+                self.health.record(variant, ok=False)
+            raise
+        except TimeoutError:
+            self.health.record(variant, ok=False)
+            raise
+        self.health.record(variant, ok=True)
+        return emb
+
+    # ---- variant health ----------------------------------------------------------------------------
 
     def _watch(self) -> None:
         """Start the health monitor on first use (it needs the replica's running event loop)."""
         if self._monitor is None or self._monitor.done():
-            self._down = self._down or {v: asyncio.Event() for v in VARIANTS}
             self._monitor = asyncio.get_running_loop().create_task(self._monitor_loop())
 
     async def _monitor_loop(self) -> None:
         while True:
-            await asyncio.gather(*(self._probe(v) for v in VARIANTS))
+            try:
+                await self._sync_routing()  # admin changes taken by another replica
+                up = await self._probe_dense()
+                if self.health.probe("dense", up):
+                    r = self.cfg.router
+                    log.warning("twinserve router: dense variant is %s", "up again" if up else
+                                f"down ({r.health_misses_to_down} probes unanswered within {r.health_timeout_s:g} s); "
+                                "new routed requests go to the CPU variant")
+                for v in VARIANTS:
+                    self._metrics.variant_up.set(0.0 if self.health.is_down(v) else 1.0, tags={"variant": v})
+            except Exception:
+                log.exception("twinserve router: health probe failed")
             await asyncio.sleep(self.cfg.router.health_period_s)
 
-    async def _probe(self, variant: str) -> None:
-        """A metadata call per period. A dead replica does not fail the handle's calls: Ray queues them
-        until a new replica is up; so down is "no answer within health_timeout_s", not an error."""
-        up = await self._answers(variant, self.cfg.router.health_timeout_s)
-        event = self._down[variant]
-        if up == event.is_set():
-            log.warning("twinserve router: %s variant is %s", variant, "up again" if up else
-                        f"down (no answer to a probe within {self.cfg.router.health_timeout_s:g} s); "
-                        "routed requests go to the other variant")
-        if up:
-            event.clear()
-        else:
-            event.set()
-        self._metrics.variant_up.set(1.0 if up else 0.0, tags={"variant": variant})
+    async def _probe_dense(self) -> bool:
+        """Does a dense replica answer out of band within ``health_timeout_s``?
 
-    def _known_down(self) -> set[str]:
-        return {v for v, e in self._down.items() if e.is_set()}
-
-    async def _call(self, variant: str, texts: list[str], *, movable: bool = False) -> np.ndarray:
-        """The variant's embeddings. ``movable`` (a request that may fall back): give up, and so fall
-        back, as soon as the variant is marked down, rather than wait in its queue for a new replica."""
-        response = self.handles[variant].embed.remote(texts)
+        The probe asks each replica actor for its queue length, a method Ray runs on a thread of its
+        own (the request router's probe), so a busy replica answers as fast as an idle one and a
+        dead one is not listed or fails at once.
+        """
         try:
-            if not movable or variant not in self._down:
-                return await asyncio.wait_for(response, self.cfg.router.variant_timeout_s)
-            answer = asyncio.ensure_future(response)
-            down = asyncio.ensure_future(self._down[variant].wait())
-            try:
-                done, _ = await asyncio.wait({answer, down}, timeout=self.cfg.router.variant_timeout_s,
-                                             return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                down.cancel()
-            if answer in done:
-                return answer.result()
-            answer.cancel()
-            response.cancel()
-            if not done:
-                raise TimeoutError
-            raise VariantUnavailable(variant, "is down (no answer to the router's health probe)", shed=False)
-        except BackPressureError:
-            raise VariantUnavailable(variant, "is shedding load (its queue is full)", shed=True) from None
-        except _UNAVAILABLE as e:
-            raise VariantUnavailable(variant, f"is unavailable ({type(e).__name__})", shed=False) from None
+            actors = await asyncio.wait_for(
+                asyncio.to_thread(dense_replica_actors, self._app, self.dense.deployment_name),
+                self.cfg.router.health_timeout_s)
+            if not actors:
+                return False
+            answers = await asyncio.wait_for(
+                asyncio.gather(*(a.get_num_ongoing_requests.remote() for a in actors), return_exceptions=True),
+                self.cfg.router.health_timeout_s)
+        except Exception:  # noqa: BLE001 - timeout or GCS trouble: a miss
+            return False
+        return any(not isinstance(a, BaseException) for a in answers)
+
+    # ---- routing -----------------------------------------------------------------------------------
 
     def _route(self, model: str | None, request: Request, user: str | None) -> Route:
         return choose(weights=self.routing.weights, draw=self._rng.random(), model=model,
                       variant_header=request.headers.get("x-variant"),
                       user_key=request.headers.get("x-user-id") or user)
 
-    async def _embed(self, route: Route, texts: list[str]) -> tuple[np.ndarray, Route]:
+    async def _embed(self, route: Route, ids: list[list[int]]) -> tuple[np.ndarray, Route]:
         self._watch()
-        emb, final = await dispatch(route, lambda v: self._call(v, texts, movable=v == route.variant and
-                                                                 not route.pinned), self._known_down())
-        self._maybe_shadow(final, texts, emb)
+        emb, final = await dispatch(route, lambda v: self._call(v, ids), self.health.down())
+        self._maybe_shadow(final, ids, emb)
         return emb, final
 
     def _record(self, t0: float, route: Route | None, status: str) -> None:
@@ -274,27 +358,32 @@ class Router:
     def _unavailable_headers(self, route: Route | None) -> dict[str, str]:
         return {**self._route_headers(route), "Retry-After": str(self.cfg.router.retry_after_s)}
 
-    def _failure(self, e: Exception, t0: float, route: Route | None) -> _Failure:
+    def _failure(self, e: Exception, t0: float, route: Route | None) -> Failure:
         """What a failed inference request answers, whichever API it came through; counted in the metrics."""
         retry_s, timeout_s = self.cfg.router.retry_after_s, self.cfg.router.variant_timeout_s
         if isinstance(e, InputError):
-            f = _Failure("bad_request", e.status, str(e), self._route_headers(route), param=e.param)
+            f = Failure("bad_request", e.status, str(e), self._route_headers(route), param=e.param)
         elif isinstance(e, RoutingError):  # raised while choosing, so there is no route yet
             unknown = str(e).startswith("unknown model")
-            f = _Failure("bad_request", 404 if unknown else 400, str(e), self._route_headers(None),
-                         param="model" if unknown else None, code="model_not_found" if unknown else None)
+            f = Failure("bad_request", 404 if unknown else 400, str(e), self._route_headers(None),
+                        param="model" if unknown else None, code="model_not_found" if unknown else None)
+        elif isinstance(e, VariantFailed):
+            f = Failure("error", 500, f"{e}; the server log has the details", self._route_headers(route))
         elif isinstance(e, VariantUnavailable):
-            f = _Failure("shed" if e.shed else "unavailable", 429 if e.shed else 503,
-                         f"{e}; retry after {retry_s} s", self._unavailable_headers(route))
-        else:  # TimeoutError
-            f = _Failure("timeout", 503, f"no answer within {timeout_s} s; retry later",
-                         self._unavailable_headers(route))
+            f = Failure("shed" if e.shed else "unavailable", 429 if e.shed else 503,
+                        f"{e}; retry after {retry_s} s", self._unavailable_headers(route))
+        elif isinstance(e, TimeoutError):
+            f = Failure("timeout", 503, f"no answer within {timeout_s} s; retry later",
+                        self._unavailable_headers(route))
+        else:  # a bug: still JSON, still counted
+            log.error("twinserve: unexpected %s answering an inference request", type(e).__name__, exc_info=e)
+            f = Failure("error", 500, "internal error; the server log has the details", self._route_headers(route))
         self._record(t0, route, f.metric_status)
         return f
 
-    # ---- shadow --------------------------------------------------------------------------------
+    # ---- shadow ------------------------------------------------------------------------------------
 
-    def _maybe_shadow(self, route: Route, texts: list[str], primary: np.ndarray) -> None:
+    def _maybe_shadow(self, route: Route, ids: list[list[int]], primary: np.ndarray) -> None:
         if route.reason == "fallback" or self._rng.random() >= self.routing.shadow_fraction:
             return
         shadow = other(route.variant)
@@ -302,17 +391,21 @@ class Router:
             self._shadow_stats["skipped"] += 1
             self._metrics.shadow_requests.inc(tags={"variant": shadow, "status": "skipped"})
             return
-        task = asyncio.get_running_loop().create_task(self._shadow(shadow, texts, primary))
+        task = asyncio.get_running_loop().create_task(self._shadow(shadow, ids, primary))
         self._shadow_tasks.add(task)
         task.add_done_callback(self._shadow_tasks.discard)
 
-    async def _shadow(self, variant: str, texts: list[str], primary: np.ndarray) -> None:
+    async def _shadow(self, variant: str, ids: list[list[int]], primary: np.ndarray) -> None:
         t0 = time.perf_counter()
         try:
-            emb = await self._call(variant, texts)
+            emb = await self._call(variant, ids)  # times out like any call, and cancels its Ray request
+        except VariantFailed:
+            status = "error"
         except VariantUnavailable as e:
             status = "shed" if e.shed else "unavailable"
-        except Exception:  # noqa: BLE001 - a shadow must never disturb serving; counted, logged
+        except TimeoutError:
+            status = "timeout"
+        except Exception:
             log.exception("twinserve shadow request to %s failed", variant)
             status = "error"
         else:
@@ -332,10 +425,10 @@ class Router:
             self._shadow_stats["failed"] += 1
         self._metrics.shadow_requests.inc(tags={"variant": variant, "status": status})
 
-    # ---- OpenAI embeddings -----------------------------------------------------------------------
+    # ---- OpenAI embeddings ---------------------------------------------------------------------------
 
     @api.post("/v1/embeddings", summary="OpenAI-compatible embeddings",
-              openapi_extra=_body(EmbeddingRequest, "a text or a list of texts"))
+              openapi_extra=body_doc(EmbeddingRequest, "a text or a list of texts"))
     async def embeddings(self, request: Request) -> Response:
         t0 = time.perf_counter()
         route = None
@@ -345,42 +438,41 @@ class Router:
                 req = EmbeddingRequest.model_validate_json(body)
             except ValidationError as e:
                 raise InputError(describe_validation_error(e)) from None
-            texts = req.texts()
-            n_tokens = self._check_texts(texts)
+            ids, n_tokens = await self._token_ids(req.texts())
             route = self._route(req.model, request, req.user)
-            emb, route = await self._embed(route, texts)
-            if req.dimensions is not None and req.dimensions != emb.shape[1]:
+            if req.dimensions is not None and req.dimensions != self.dim:
                 raise InputError(f"dimensions={req.dimensions} is not supported; this model returns "
-                                 f"{emb.shape[1]} dimensions (omit the field)", param="dimensions")
+                                 f"{self.dim} dimensions (omit the field)", param="dimensions")
+            emb, route = await self._embed(route, ids)
             content = embedding_response(emb, f"twinserve-{route.variant}", n_tokens, req.encoding_format)
-        except _REQUEST_FAILURES as e:
-            f = self._failure(e, t0, route)
-            return _openai_error(f.status, f.message, param=f.param, code=f.code, headers=f.headers)
+        except Exception as e:  # noqa: BLE001 - every failure is answered in JSON and counted
+            return openai_error(self._failure(e, t0, route))
         self._record(t0, route, "ok")
         return Response(content, media_type="application/json", headers=self._route_headers(route))
 
-    # ---- Open Inference Protocol v2 ------------------------------------------------------------
+    # ---- Open Inference Protocol v2 ------------------------------------------------------------------
+
+    def _pruned_metadata(self) -> dict:
+        m = self.backend.manifest
+        return {"platform": getattr(self.backend, "runtime", "onnxruntime"), "device": self.backend.device,
+                "precision": self.backend.precision, "dim": self.dim, "parameters": m.pruned.parameters,
+                "layers": len(m.pruned.layers)}
 
     async def _variant_metadata(self, variant: str) -> dict | None:
-        if variant not in self._meta:
+        if variant == "pruned":
+            return self._pruned_metadata()
+        if self._dense_meta is None:
             try:
-                self._meta[variant] = await asyncio.wait_for(self.handles[variant].metadata.remote(), 5.0)
+                self._dense_meta = await asyncio.wait_for(self.dense.metadata.remote(), 5.0)
             except Exception:  # noqa: BLE001 - not ready yet, whatever the reason
                 return None
-        return self._meta[variant]
-
-    async def _answers(self, variant: str, timeout_s: float) -> bool:
-        """Does a replica of the variant answer a metadata call within ``timeout_s``?"""
-        try:
-            await asyncio.wait_for(self.handles[variant].metadata.remote(), timeout_s)
-            return True
-        except BackPressureError:
-            return True  # busy, not down: its queue is full and it says so at once
-        except Exception:  # noqa: BLE001 - timeout, dead actor, anything: not answering
-            return False
+        return self._dense_meta
 
     async def _ready(self, variant: str) -> bool:
-        return await self._answers(variant, 5.0)
+        self._watch()
+        if variant == "pruned":  # in this process: ready unless it keeps failing
+            return not self.health.is_down("pruned")
+        return await self._probe_dense()
 
     @api.get("/v2", summary="v2 server metadata")
     async def server_metadata(self) -> dict:
@@ -399,16 +491,16 @@ class Router:
     @api.get("/v2/models/{name}", summary="v2 model metadata")
     async def model_metadata(self, name: str) -> Response:
         if name not in MODEL_NAMES:
-            return _v2_error(404, f"unknown model {name!r}; use one of {', '.join(MODEL_NAMES)}")
+            return v2_error(404, f"unknown model {name!r}; use one of {', '.join(MODEL_NAMES)}")
         variant = MODEL_NAMES[name]
         meta = None
-        for v in ([variant] if variant else list(VARIANTS)):
+        for v in ([variant] if variant else ["pruned", "dense"]):
             meta = await self._variant_metadata(v)
             if meta:
                 break
         if meta is None:
-            return _v2_error(503, f"model {name!r} is not ready yet; retry shortly",
-                             headers={"Retry-After": str(self.cfg.router.retry_after_s)})
+            return v2_error(503, f"model {name!r} is not ready yet; retry shortly",
+                            headers={"Retry-After": str(self.cfg.router.retry_after_s)})
         params: dict[str, Any] = {"routed": variant is None}
         if variant:
             params.update({k: meta[k] for k in ("device", "precision", "parameters", "layers")})
@@ -422,14 +514,14 @@ class Router:
     @api.get("/v2/models/{name}/ready", summary="v2 model readiness")
     async def model_ready(self, name: str) -> Response:
         if name not in MODEL_NAMES:
-            return _v2_error(404, f"unknown model {name!r}; use one of {', '.join(MODEL_NAMES)}")
+            return v2_error(404, f"unknown model {name!r}; use one of {', '.join(MODEL_NAMES)}")
         variant = MODEL_NAMES[name]
         states = await asyncio.gather(*(self._ready(v) for v in ([variant] if variant else VARIANTS)))
         ok = any(states)
         return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
 
     @api.post("/v2/models/{name}/infer", summary="v2 inference: BYTES texts in, FP32 embeddings out",
-              openapi_extra=_body(InferRequest, "one BYTES input of texts (JSON data; or the binary extension)"))
+              openapi_extra=body_doc(InferRequest, "one BYTES input of texts (JSON data; or the binary extension)"))
     async def infer(self, name: str, request: Request) -> Response:
         t0 = time.perf_counter()
         route = None
@@ -452,14 +544,14 @@ class Router:
                 if out.name != _OUTPUT_NAME:
                     raise InputError(f"unknown output {out.name!r}; this model has one output, {_OUTPUT_NAME!r}")
                 want_binary = bool((out.parameters or {}).get("binary_data", want_binary))
-            self._check_texts(texts)
+            ids, _ = await self._token_ids(texts)
             user = (req.parameters or {}).get("user")
             route = self._route(name, request, user if isinstance(user, str) else None)
-            emb, route = await self._embed(route, texts)
+            emb, route = await self._embed(route, ids)
             content, json_len = infer_response(emb, name, req.id, _OUTPUT_NAME, want_binary)
-        except _REQUEST_FAILURES as e:
+        except Exception as e:  # noqa: BLE001 - every failure is answered in JSON and counted
             f = self._failure(e, t0, route)
-            return _v2_error(f.status, f.message, headers=f.headers)
+            return v2_error(f.status, f.message, headers=f.headers)
         self._record(t0, route, "ok")
         headers = self._route_headers(route)
         if json_len is not None:
@@ -467,12 +559,12 @@ class Router:
             return Response(content, media_type="application/octet-stream", headers=headers)
         return Response(content, media_type="application/json", headers=headers)
 
-    # ---- admin ---------------------------------------------------------------------------------
+    # ---- admin -------------------------------------------------------------------------------------
 
     def _authorise(self, request: Request) -> JSONResponse | None:
         if self._admin_token is None:
-            return _v2_error(404, "the admin endpoint is disabled; set TWINSERVE_ADMIN_TOKEN on the router "
-                                  "to enable it, or change routing with `serve deploy` (user_config)")
+            return v2_error(404, "the admin endpoint is disabled; set TWINSERVE_ADMIN_TOKEN on the router "
+                                 "to enable it, or change routing with `serve deploy` (user_config)")
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self._admin_token):
             return JSONResponse({"error": "missing or wrong bearer token (Authorization: Bearer <token>)"},
@@ -485,7 +577,11 @@ class Router:
         return {
             "routing": self.routing.model_dump(),
             "replica": self._replica,
-            "scope": "this router replica; `serve deploy` with a changed user_config changes every replica",
+            "version": self._routing_version,
+            "set_by": self._routing_source,
+            "scope": f"every ingress replica within {self.cfg.router.health_period_s:g} s, kept across replica "
+                     "restarts, until the next change here or a `serve deploy` with a changed user_config",
+            "variants_down": sorted(self.health.down()),
             "shadow": {"completed": n, "failed": s["failed"], "skipped": s["skipped"],
                        "in_flight": len(self._shadow_tasks),
                        "mean_cosine": s["cosine_sum"] / n if n else None, "min_cosine": s["cosine_min"],
@@ -497,7 +593,7 @@ class Router:
         return self._authorise(request) or JSONResponse(self._admin_view())
 
     @api.put("/admin/routing", summary="change weights and/or shadow fraction now (bearer token)",
-             openapi_extra=_body(RoutingUpdate, "any subset of the routing config"))
+             openapi_extra=body_doc(RoutingUpdate, "any subset of the routing config"))
     async def put_routing(self, request: Request) -> Response:
         if (denied := self._authorise(request)) is not None:
             return denied
@@ -516,10 +612,12 @@ class Router:
                 new["weights"] = w
             if update.shadow_fraction is not None:
                 new["shadow_fraction"] = update.shadow_fraction
-            self.routing = RoutingConfig.model_validate(new)
+            routing = RoutingConfig.model_validate(new)
         except ValidationError as e:
-            return _v2_error(400, describe_validation_error(e))
+            return v2_error(400, describe_validation_error(e))
         except InputError as e:
-            return _v2_error(e.status, str(e))
-        log.info("twinserve router: routing set to %s through the admin endpoint", self.routing.model_dump())
+            return v2_error(e.status, str(e))
+        self._apply(*await self._routing_state().set.remote(routing.model_dump(),
+                                                            f"admin endpoint (replica {self._replica})"))
+        self._watch()  # the other replicas pick it up on their period; this one has it now
         return JSONResponse(self._admin_view())

@@ -94,8 +94,9 @@ def serve_app(tiny_artifacts) -> ServeApp:
     cfg["http_options"].update(host="127.0.0.1", port=port)
     app = cfg["applications"][0]
     app["args"]["artifact_dir"] = str(tiny_artifacts)
+    app["args"]["dense"]["num_cpus"] = 0.5
+    app["args"]["router"]["num_cpus"] = 0.5  # two ingress replicas, one runtime thread each
     for name in ("dense", "pruned"):
-        app["args"][name]["num_cpus"] = 0.5
         app["args"][name]["price_usd_per_hour"] = PRICES_USD_PER_HOUR[name]
     app["deployments"][0]["user_config"] = {"weights": dict(INITIAL_WEIGHTS), "shadow_fraction": 0.0}
 
@@ -128,18 +129,17 @@ def serve_app(tiny_artifacts) -> ServeApp:
 
 @pytest.fixture(scope="session")
 def tight_app(serve_app):
-    """A second application on the same Serve instance: its pruned variant takes one request at a time,
-    and it truncates inputs to 16 tokens instead of rejecting them."""
-    tiny = {"num_cpus": 0.25, "max_batch_size": 32}
+    """A second application on the same Serve instance: one ingress replica whose CPU variant takes one
+    request at a time, and it truncates inputs to 16 tokens (and 200 characters) instead of rejecting them."""
     app = {
         "name": "tight", "route_prefix": "/tight", "import_path": "service.serving.app:build_app",
         "args": {
             "artifact_dir": str(serve_app.artifact_dir),
-            # The pruned batch waits 0.5 s for company: one request in flight, one queued, the rest shed.
-            "pruned": {**tiny, "max_ongoing_requests": 1, "max_queued_requests": 1, "batch_wait_timeout_s": 0.5},
-            "dense": {**tiny, "max_ongoing_requests": 64, "max_queued_requests": 64},
-            "router": {"num_cpus": 0.25, "retry_after_s": 2},
-            "limits": {"over_token_limit": "truncate", "max_tokens_per_input": 16},
+            # The CPU batch waits 0.5 s for company: one request in it, the rest shed.
+            "pruned": {"max_batch_size": 32, "max_queued_requests": 1, "batch_wait_timeout_s": 0.5},
+            "dense": {"num_cpus": 0.25, "max_batch_size": 32, "max_ongoing_requests": 64, "max_queued_requests": 64},
+            "router": {"num_replicas": 1, "num_cpus": 0.25, "retry_after_s": 2},
+            "limits": {"over_token_limit": "truncate", "max_tokens_per_input": 16, "max_chars_per_input": 200},
         },
         "deployments": [{"name": "Router", "user_config": {"weights": {"dense": 0.0, "pruned": 1.0}}}],
     }

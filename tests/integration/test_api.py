@@ -94,7 +94,7 @@ def test_v2_unknown_model_is_404(serve_app):
     assert r.status_code == 404 and "unknown model" in r.json()["error"]
 
 
-LONG = "word " * 2000
+LONG = "word " * 1000  # 1,000+ tokens in 5,000 characters: under the character cap, over the token limit
 
 
 @pytest.mark.parametrize(("name", "kwargs", "status", "words"), [
@@ -109,6 +109,8 @@ LONG = "word " * 2000
     ("bad format", dict(json={"input": "a", "encoding_format": "hex"}), 400, "encoding_format"),
     ("unknown field", dict(json={"input": "a", "temperature": 0}), 400, "temperature"),
     ("over-long text", dict(json={"input": LONG}), 400, "tokens, over the limit of"),
+    ("text over the character cap", dict(json={"input": ["fine", "x" * 9000]}), 400,
+     "input 1 has 9000 characters, over the limit of 8192"),
     ("too many inputs", dict(json={"input": ["a"] * 33}), 400, "33 texts, over the limit of 32"),
     ("malformed JSON", dict(content=b'{"input": "a",', headers={"content-type": "application/json"}), 400,
      "not valid JSON"),

@@ -13,14 +13,16 @@ from service import reliability as rel
 from tests.integration.conftest import INITIAL_WEIGHTS
 
 
-@pytest.mark.parametrize("deployment", ["Pruned", "Dense"])
-def test_killed_replica_falls_back_without_client_failures_and_is_replaced(serve_app, deployment):
-    result = rel.replica_failure(serve_app.url, deployment, weights=INITIAL_WEIGHTS, rate_rps=20, duration_s=12,
+@pytest.mark.parametrize("variant", ["pruned", "dense"])
+def test_killed_replica_costs_no_client_request_and_is_replaced(serve_app, variant):
+    result = rel.replica_failure(serve_app.url, variant, weights=INITIAL_WEIGHTS, rate_rps=20, duration_s=12,
                                  kill_at_s=3, split_requests=300,
                                  metrics_url=f"http://127.0.0.1:{serve_app.metrics_port}/metrics")
     print(result.model_dump_json(indent=1))
     assert result.passed, result.reasons
-    assert result.load.sent == 240 and result.fallbacks_in_answers > 0
+    assert result.load.sent == 240
+    if variant == "dense":  # the CPU variant lives in every ingress replica: losing one needs no fallback
+        assert result.fallbacks_in_answers > 0
 
 
 def test_overload_is_shed_with_retry_after_and_the_service_recovers(tight_app):

@@ -15,7 +15,7 @@ import pytest
 from service.serving.config import Weights
 from service.serving.policy import choose
 
-from .conftest import INITIAL_WEIGHTS, deploy_and_wait
+from .conftest import INITIAL_WEIGHTS
 
 
 def _post_many(url: str, n: int, *, threads: int = 8, headers=None, body=None) -> list[httpx.Response]:
@@ -64,8 +64,17 @@ def test_forced_variant_by_header_and_by_model_name(serve_app, variant):
         assert (r.status_code, r.headers["x-variant"], r.headers["x-route-reason"]) == (200, variant, "override")
 
 
+def _ingress_replicas() -> set[str]:
+    """Names of the live ingress replica actors (Serve names them ``SERVE_REPLICA::<app>#Router#<id>``)."""
+    import ray
+
+    return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["name"].startswith("SERVE_REPLICA::twinserve#Router#")}
+
+
 def test_weight_change_through_user_config_with_zero_failed_requests(serve_app):
-    before = serve_app.routing()
+    before = _ingress_replicas()
+    assert len(before) == 2
     statuses, variants, stop = Counter(), [], threading.Event()
     lock = threading.Lock()
 
@@ -97,7 +106,7 @@ def test_weight_change_through_user_config_with_zero_failed_requests(serve_app):
             w.join()
     after = serve_app.routing()
     assert after["routing"]["weights"] == {"dense": 1.0, "pruned": 0.0}
-    assert after["replica"] == before["replica"], "the router restarted; user_config must reconfigure in place"
+    assert _ingress_replicas() == before, "an ingress replica restarted; user_config must reconfigure in place"
     assert set(statuses) == {200}, f"failed requests during the change: {dict(statuses)}"
     assert "pruned" in variants  # traffic before the change did split
     serve_app.deploy({"weights": dict(INITIAL_WEIGHTS), "shadow_fraction": 0.0})
@@ -110,10 +119,14 @@ def test_admin_endpoint_changes_weights_and_shadow_at_run_time(serve_app):
                                headers=serve_app.admin)
         assert r.status_code == 200, r.text
         assert r.json()["routing"] == {"weights": {"dense": 0.0, "pruned": 1.0}, "shadow_fraction": 1.0}
-        for r in _post_many(serve_app.url, 20, threads=4):
+        # Every ingress replica (two) takes the change: the one that answered the PUT at once, the
+        # other within its health period (0.5 s).
+        time.sleep(1.0)
+        for r in _post_many(serve_app.url, 40, threads=4):
             assert (r.status_code, r.headers["x-variant"], r.headers["x-route-reason"]) == (200, "pruned", "weight")
         deadline = time.monotonic() + 30
-        while (shadow := serve_app.routing()["shadow"])["completed"] < 20:  # shadows finish in the background
+        # Shadow counts are per replica; each of the two took about half of the 40.
+        while (shadow := serve_app.routing()["shadow"])["completed"] < 5:  # shadows finish in the background
             assert time.monotonic() < deadline, shadow
             time.sleep(0.1)
         assert shadow["failed"] == 0 and -1.0 <= shadow["min_cosine"] <= shadow["mean_cosine"] <= 1.0 + 1e-6
@@ -144,8 +157,9 @@ def test_pinned_requests_are_shed_with_429_and_retry_after_never_fall_back(tight
 def test_altered_artifacts_refuse_to_start_with_a_clear_error(serve_app, tmp_path):
     from ray import serve
 
-    from service.serving.config import LimitsConfig, VariantConfig
-    from service.serving.deployments import Pruned
+    from service.serving.config import ServingConfig
+    from service.serving.deployments import Dense
+    from service.serving.router import Router
 
     broken = tmp_path / "broken"
     shutil.copytree(serve_app.artifact_dir.resolve(), broken)
@@ -154,12 +168,14 @@ def test_altered_artifacts_refuse_to_start_with_a_clear_error(serve_app, tmp_pat
         byte = f.read(1)
         f.seek(100)
         f.write(bytes([byte[0] ^ 0xFF]))
-    app = Pruned.options(max_constructor_retry_count=1, ray_actor_options={"num_cpus": 0.25}).bind(
-        str(broken), VariantConfig(), LimitsConfig())
+    cfg = ServingConfig(artifact_dir=broken, dense={"num_cpus": 0.25})
+    # The ingress loads the CPU variant (pruned.onnx) in its constructor: that is where it must refuse.
+    app = Router.options(num_replicas=1, max_constructor_retry_count=1, ray_actor_options={"num_cpus": 0.25}).bind(
+        dense=Dense.options(ray_actor_options={"num_cpus": 0.25}).bind(str(broken), cfg.dense), config=cfg)
     try:
         with pytest.raises(RuntimeError, match="Deploying application broken failed"):
-            serve.run(app, name="broken", route_prefix=None)
-        message = serve.status().applications["broken"].deployments["Pruned"].message  # what `serve status` shows
+            serve.run(app, name="broken", route_prefix="/broken")
+        message = serve.status().applications["broken"].deployments["Router"].message  # what `serve status` shows
         assert "ArtifactIntegrityError" in message
         assert "pruned.onnx has sha256" in message and "Rebuild with `twinserve prune --force`" in message
     finally:

@@ -12,7 +12,15 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from service.serving.config import LimitsConfig, RoutingConfig, ServingConfig, VariantConfig, Weights
+from service.serving.config import (
+    CpuVariantConfig,
+    LimitsConfig,
+    RouterConfig,
+    RoutingConfig,
+    ServingConfig,
+    VariantConfig,
+    Weights,
+)
 from service.serving.schemas import (
     EmbeddingRequest,
     InferRequest,
@@ -36,6 +44,7 @@ def test_weights_must_sum_to_one_with_a_message_naming_both():
 
 def test_unknown_keys_are_rejected_everywhere():
     for model, data in [(RoutingConfig, {"weight": {}}), (VariantConfig, {"batch_size": 8}),
+                        (CpuVariantConfig, {"num_threads": 2}), (RouterConfig, {"health_misses": 3}),
                         (LimitsConfig, {"max_inputs": 3}), (ServingConfig, {"artifacts": "x"})]:
         with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
             model.model_validate(data)
@@ -44,7 +53,15 @@ def test_unknown_keys_are_rejected_everywhere():
 def test_a_request_must_fit_in_one_batch():
     with pytest.raises(ValidationError, match=r"pruned.max_batch_size \(8\) is smaller than "
                                               r"limits.max_inputs_per_request \(32\)"):
-        ServingConfig(artifact_dir="a", pruned=VariantConfig(max_batch_size=8))
+        ServingConfig(artifact_dir="a", pruned=CpuVariantConfig(max_batch_size=8))
+
+
+@pytest.mark.parametrize("key", ["num_cpus", "num_replicas", "resources", "max_replicas", "max_ongoing_requests"])
+def test_replica_settings_under_pruned_say_they_moved_to_the_router(key):
+    """The CPU variant runs in the ingress replicas: an old config's pruned.num_cpus names the new place."""
+    with pytest.raises(ValidationError, match=rf"pruned.{key}: the CPU variant runs inside the ingress replicas"
+                                              rf".*set router.{key} instead"):
+        ServingConfig.model_validate({"artifact_dir": "a", "pruned": {key: 2}})
 
 
 def test_shadow_fraction_is_a_fraction():
@@ -138,15 +155,22 @@ def test_v2_response_json_and_binary():
 
 
 def test_placement_resources_and_autoscaling_reach_the_deployment_options():
-    from service.serving.app import _variant_options
+    from service.serving.app import _replica_options
 
-    fixed = _variant_options(VariantConfig(num_cpus=2, resources={"pruned_pool": 0.01}), retry_after_s=1)
+    fixed = _replica_options(RouterConfig(num_replicas=1, num_cpus=2, resources={"pruned_pool": 0.01}))
     assert fixed["num_replicas"] == 1 and "autoscaling_config" not in fixed
     assert fixed["ray_actor_options"] == {"num_cpus": 2.0, "num_gpus": 0.0, "resources": {"pruned_pool": 0.01}}
-    scaled = _variant_options(VariantConfig(num_replicas=2, max_replicas=8, target_ongoing_requests=4), 1)
+    gpu = _replica_options(VariantConfig(num_gpus=1, resources={"dense_pool": 0.01}))
+    assert gpu["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 1.0, "resources": {"dense_pool": 0.01}}
+    scaled = _replica_options(VariantConfig(num_replicas=2, max_replicas=8, target_ongoing_requests=4))
     assert "num_replicas" not in scaled and "resources" not in scaled["ray_actor_options"]
     assert scaled["autoscaling_config"] == {"min_replicas": 2, "initial_replicas": 2, "max_replicas": 8,
                                             "target_ongoing_requests": 4.0}
+
+
+def test_the_ingress_runs_two_replicas_by_default():
+    """Two processes host the CPU variant, so that killing one costs no request (the proxy retries)."""
+    assert ServingConfig(artifact_dir="a").router.num_replicas == 2
 
 
 def test_replica_range_and_resources_are_checked_in_words():
@@ -158,8 +182,8 @@ def test_replica_range_and_resources_are_checked_in_words():
 
 def test_the_pruned_variant_batches_without_a_window_unless_told_otherwise():
     assert ServingConfig(artifact_dir="a").pruned.batch_wait_timeout_s == 0.0
-    partial = ServingConfig.model_validate({"artifact_dir": "a", "pruned": {"num_cpus": 2}})
-    assert (partial.pruned.num_cpus, partial.pruned.batch_wait_timeout_s) == (2, 0.0)
+    partial = ServingConfig.model_validate({"artifact_dir": "a", "pruned": {"max_queued_requests": 2}})
+    assert (partial.pruned.max_queued_requests, partial.pruned.batch_wait_timeout_s) == (2, 0.0)
     told = ServingConfig.model_validate({"artifact_dir": "a", "pruned": {"batch_wait_timeout_s": 0.005}})
     assert told.pruned.batch_wait_timeout_s == 0.005
     assert ServingConfig.model_validate({"artifact_dir": "a", "dense": {}}).dense.batch_wait_timeout_s == 0.005

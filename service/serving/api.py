@@ -1,0 +1,84 @@
+"""The FastAPI application the ingress serves, and the error shapes of its two APIs.
+
+The routes themselves are methods of :class:`service.serving.router.Router` (Ray Serve's
+``@serve.ingress``); this module holds what they share: the app and its OpenAPI document, the JSON
+error bodies, and the handler that turns a bug into a JSON 500 instead of a stack trace.
+"""
+
+# No `from __future__ import annotations` here: FastAPI must see real types.
+
+import logging
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from service.serving.schemas import EmbeddingRequest, InferRequest, RoutingUpdate
+
+__all__ = ["Failure", "api", "body_doc", "openai_error", "v2_error"]
+
+log = logging.getLogger("ray.serve")
+
+api = FastAPI(
+    title="twinserve",
+    description="One encoder, two variants (dense, pruned INT8), one endpoint: OpenAI embeddings and "
+                "Open Inference Protocol v2.",
+    version="0.1.0",
+)
+
+
+def body_doc(model: type, description: str) -> dict:
+    """``openapi_extra`` for a route that reads its own body: the body's schema, for clients and fuzzers."""
+    return {"requestBody": {"required": True, "description": description, "content": {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
+
+
+def _openapi() -> dict:
+    """FastAPI's document plus the request models, which the routes validate themselves (for the
+    error messages and the body limit) and so FastAPI cannot see."""
+    if api.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        doc = get_openapi(title=api.title, version=api.version, description=api.description, routes=api.routes)
+        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+        for model in (EmbeddingRequest, InferRequest, RoutingUpdate):
+            s = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(s.pop("$defs", {}))
+            schemas[model.__name__] = s
+        api.openapi_schema = doc
+    return api.openapi_schema
+
+
+api.openapi = _openapi
+
+
+@api.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    """A bug still answers JSON, and the log names the route, not the body."""
+    log.error("twinserve: unexpected %s on %s %s", type(exc).__name__, request.method, request.url.path,
+              exc_info=exc)
+    return JSONResponse({"error": {"message": "internal error; the server log has the details",
+                                   "type": "internal_error"}}, status_code=500)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A failed inference request, the same for both APIs; each endpoint writes it in its own format."""
+
+    metric_status: str
+    status: int
+    message: str
+    headers: dict[str, str]
+    param: str | None = None
+    code: str | None = None
+
+
+def openai_error(f: Failure) -> JSONResponse:
+    kind = "invalid_request_error" if f.status < 500 else (
+        "internal_error" if f.status == 500 else "service_unavailable")
+    return JSONResponse({"error": {"message": f.message, "type": kind, "param": f.param, "code": f.code}},
+                        status_code=f.status, headers=f.headers)
+
+
+def v2_error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
