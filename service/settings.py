@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, PositiveFloat, PositiveInt, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["DEFAULT_MODEL_NAME", "Settings", "default_artifact_dir", "default_model_dir"]
@@ -19,6 +19,14 @@ class Settings(BaseSettings):
     model_dir: Path | None = Field(None, description="BERT-family checkpoint directory; default: bundled MiniLM")
     admin_token: SecretStr | None = Field(
         None, description="bearer token of the router's /admin endpoints; unset or empty: they are disabled")
+    api_keys: SecretStr | None = Field(
+        None, description="comma-separated API keys for the inference endpoints (Authorization: Bearer); "
+                          "unset, and no api_keys_file: the endpoints are open")
+    api_keys_file: Path | None = Field(
+        None, description="file of accepted API keys as sha256 hex digests, one per line")
+    api_key_rate_rps: PositiveFloat | None = Field(
+        None, description="requests per second per API key and ingress replica (token bucket); unset: no limit")
+    api_key_burst: PositiveInt = Field(10, description="token bucket depth per API key, requests")
 
 
 def default_model_dir() -> Path:

@@ -4,23 +4,25 @@
         --out results/serving_overhead.json
 
 Starts its own Ray instance and Serve application (pruned variant pinned), then times the
-same text five ways, interleaved round by round so a noisy neighbour hits all of them alike:
+same text four ways, interleaved round by round so a noisy neighbour hits all of them alike:
 
-  in_process      OnnxBackend.embed in this process (tokenise + ONNX Runtime)
-  handle          DeploymentHandle -> Pruned.embed (Ray RPC, @serve.batch, thread hop, model)
-  http_live       GET /v2/health/live (ingress + router FastAPI, no model hop)
-  http_embed      POST /v1/embeddings, model twinserve-pruned (everything)
+  in_process      the CPU variant's backend.embed in this process (tokenise + runtime)
+  http_live       GET /v2/health/live (the ingress's FastAPI, no model)
+  http_embed      POST /v1/embeddings, model twinserve-pruned (everything: the ingress serves the
+                  CPU variant in-process, @serve.batch, a thread hop, the runtime)
   serialise       request parse + response JSON encode for one embedding, in this process
 
-The path is the one `twinserve serve` runs: the edge HAProxy, Ray Serve's HAProxy ingress, the
-router replica; ``--no-edge`` and ``--ray-ingress proxy`` measure the others.
+The path is the one `twinserve serve` runs: the edge HAProxy, Ray Serve's HAProxy ingress, an
+ingress replica; ``--no-edge`` and ``--ray-ingress proxy`` measure the others.
 
 It runs twice: with a 5 ms batch window and with batch_wait_timeout_s = 0 (the pruned variant's
 default), because at low load a lone request waits the whole batching window for company.
 
 With ``--capacity`` it measures throughput instead: texts per second of the pruned variant in
 this process and through HTTP (``--concurrency`` requests in flight), at the same number of
-texts per request, in interleaved rounds (results/serving_capacity.json).
+texts per request, in interleaved rounds (results/serving_capacity.json). In-process runs as many
+worker threads as the server has ingress replicas, each with its own one-thread session: the same
+cores doing the same model work, without HTTP.
 """
 
 from __future__ import annotations
@@ -91,11 +93,11 @@ def measure(artifacts: Path, runs: int, waits: list[float], edge: bool) -> Overh
     from ray import serve
 
     from service.bench import hardware_description
-    from service.model.backends import OnnxBackend
+    from service.model.backends import cpu_variant_backend
     from service.serving.app import build_app
     from service.serving.schemas import EmbeddingRequest, embedding_response
 
-    backend = OnnxBackend(artifacts, variant="pruned", threads=1)
+    backend = cpu_variant_backend(artifacts, threads=1)
     backend.load()
     body = {"input": TEXT, "model": "twinserve-pruned", "encoding_format": "float"}
     raw_body = json.dumps(body).encode()
@@ -105,9 +107,8 @@ def measure(artifacts: Path, runs: int, waits: list[float], edge: bool) -> Overh
     with _serve_instance(edge) as url:
         for wait in waits:
             cfg = {"artifact_dir": str(artifacts), "dense": {"num_cpus": 0.5},
-                   "pruned": {"num_cpus": 1, "batch_wait_timeout_s": wait}}
+                   "pruned": {"batch_wait_timeout_s": wait}, "router": {"num_cpus": 1}}
             serve.run(build_app(cfg), name="overhead", route_prefix="/")
-            handle = serve.get_deployment_handle("Pruned", app_name="overhead")
             with httpx.Client(base_url=url, timeout=30) as http:
                 def embed_http() -> None:
                     r = http.post("/v1/embeddings", content=raw_body, headers={"content-type": "application/json"})
@@ -119,7 +120,6 @@ def measure(artifacts: Path, runs: int, waits: list[float], edge: bool) -> Overh
 
                 paths = {
                     "in_process": lambda: backend.embed([TEXT]),
-                    "handle": lambda h=handle: h.embed.remote([TEXT]).result(),
                     "http_live": lambda: http.get("/v2/health/live").raise_for_status(),
                     "http_embed": embed_http,
                     "serialise": serialise,
@@ -183,25 +183,46 @@ async def _http_throughput(url: str, batch: int, concurrency: int, seconds: floa
         return done / (time.perf_counter() - t0)
 
 
+def _in_process_throughput(backends: list, batch: int, seconds: float) -> float:
+    """Texts per second of ``len(backends)`` threads each embedding ``batch`` texts per call."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    deadline = time.perf_counter() + seconds
+
+    def worker(k: int) -> int:
+        n = 0
+        while time.perf_counter() < deadline:
+            backends[k].embed(_texts(batch, k * 100_000 + n))
+            n += batch
+        return n
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(len(backends)) as pool:
+        done = sum(pool.map(worker, range(len(backends))))
+    return done / (time.perf_counter() - t0)
+
+
 def capacity(artifacts: Path, batches: list[int], seconds: float, rounds: int, concurrency: int,
              edge: bool) -> list[CapacityRow]:
-    """Texts per second of the pruned variant in this process vs through HTTP, at the same batch
-    sizes (texts per request), rounds interleaved; the replica and the in-process session both
-    run ONNX Runtime with one intra-op thread (the replica's num_cpus)."""
+    """Texts per second of the CPU variant in this process vs through HTTP, at the same batch sizes
+    (texts per request), rounds interleaved. The server runs its default ingress replicas with one
+    runtime thread each; in-process runs one worker thread per replica, each with a one-thread
+    session (the runtimes release the GIL), so both use the same cores for the same model work."""
     import asyncio
     import statistics
 
     from ray import serve
 
     from service._net import wait_ready
-    from service.model.backends import OnnxBackend
+    from service.model.backends import cpu_variant_backend
     from service.serving.app import build_app
     from service.serving.config import ServingConfig
 
-    backend = OnnxBackend(artifacts, variant="pruned", threads=1)
-    backend.load()
     cfg = ServingConfig.model_validate({"artifact_dir": str(artifacts), "dense": {"num_cpus": 0.5},
-                                        "pruned": {"num_cpus": 1}})
+                                        "router": {"num_cpus": 1}})
+    backends = [cpu_variant_backend(artifacts, threads=1) for _ in range(cfg.router.num_replicas)]
+    for b in backends:
+        b.load()
     with _serve_instance(edge) as url:
         serve.run(build_app(cfg), name="capacity", route_prefix="/")
         wait_ready(url, 120)
@@ -210,11 +231,7 @@ def capacity(artifacts: Path, batches: list[int], seconds: float, rounds: int, c
             asyncio.run(_http_throughput(url, batch, concurrency, 2.0))  # warm-up
             local, remote = [], []
             for _ in range(rounds):
-                n, t0 = 0, time.perf_counter()
-                while time.perf_counter() - t0 < seconds:
-                    backend.embed(_texts(batch, n))
-                    n += batch
-                local.append(n / (time.perf_counter() - t0))
+                local.append(_in_process_throughput(backends, batch, seconds))
                 remote.append(asyncio.run(_http_throughput(url, batch, concurrency, seconds)))
             lo, re_ = statistics.median(local), statistics.median(remote)
             rows.append(CapacityRow(texts_per_request=batch, in_process_texts_per_s=round(lo, 1),

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.serving.schemas import EmbeddingRequest, InferRequest, RoutingUpdate
 
@@ -50,6 +51,26 @@ def _openapi() -> dict:
 
 
 api.openapi = _openapi
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Unknown paths and methods (and any other HTTP error FastAPI raises) in the API's own JSON shapes,
+    not FastAPI's ``{"detail": ...}``: ``{"error": "..."}`` under /v2, OpenAI's shape elsewhere."""
+    if exc.status_code == 404:
+        message = (f"no such endpoint: {request.method} {request.url.path}; the API is POST /v1/embeddings, "
+                   "GET /v1/models and the Open Inference Protocol under /v2 (see /docs)")
+    elif exc.status_code == 405:
+        message = f"{request.method} is not allowed on {request.url.path}; see /docs for the methods it takes"
+    else:
+        message = str(exc.detail)
+    headers = dict(exc.headers or {})
+    if request.url.path.startswith("/v2"):
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=headers)
+    kind = "invalid_request_error" if exc.status_code < 500 else "internal_error"
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": code}},
+                        status_code=exc.status_code, headers=headers)
 
 
 @api.exception_handler(Exception)

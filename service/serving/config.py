@@ -69,7 +69,9 @@ class BatchingConfig(_Strict):
     batch_wait_timeout_s: confloat(ge=0.0, le=1.0) = Field(
         0.005, description="how long a batch waits for more requests after its first one, seconds")
     price_usd_per_hour: NonNegativeFloat | None = Field(
-        None, description="instance price exported as a gauge, for live dollars per million requests")
+        None, description="USD per hour of what one replica occupies (its instance's price times the replica's "
+                          "share of it: two ingress replicas on one instance export half its price each), exported "
+                          "as a gauge that PromQL sums over replicas for live dollars per million requests")
 
 
 class ReplicaConfig(_Strict):

@@ -251,7 +251,14 @@ def ray_haproxy_environment() -> dict[str, str]:
     Ray actor tasks, which took another 3-4 ms off the overhead here (9.2-11.4 -> 5.8-7.2 ms at
     batch wait 0, four pairs of alternating runs). One of its parts is turned back: handles keep their own event loop
     (``RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=1``), because a driver process calling a handle
-    synchronously (the overhead benchmark) fails without it. Values already in the environment win.
+    synchronously (the overhead benchmark) fails without it.
+
+    Retries: Ray's HAProxy replays a request on another ingress replica only when the connection
+    failed (nothing was sent), since it cannot know a request is idempotent. Embedding requests
+    are, and the ingress replicas host the CPU variant: a replica killed with requests inside
+    leaves HAProxy an empty response. So ``empty-response`` and ``response-timeout`` are retried
+    too, twice at most (``option redispatch`` picks another replica), and the client never sees
+    the crash. Values already in the environment win.
     """
     from service._net import free_port
 
@@ -263,6 +270,8 @@ def ray_haproxy_environment() -> dict[str, str]:
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port("0.0.0.0")),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port("0.0.0.0")),
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+        "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response response-timeout",
+        "RAY_SERVE_HAPROXY_RETRIES": "2",
     }
     return {k: os.environ.get(k, v) for k, v in env.items()}
 

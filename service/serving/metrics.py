@@ -1,4 +1,5 @@
-"""Every twinserve serving metric, declared once. Labels: ``variant``, ``reason``, ``status`` only.
+"""Every twinserve serving metric, declared once. Labels: ``variant``, ``reason``, ``status``, and
+``key`` (an API key's short id, never the key) on the per-key counter.
 
 Ray exports them on each node's metrics port with a ``ray_`` prefix and adds its own
 ``deployment``, ``replica`` and ``application`` labels, e.g. ``ray_twinserve_requests_total``.
@@ -55,6 +56,11 @@ class ServingMetrics:
             "twinserve_shadow_requests_total",
             description="Shadow requests by shadow variant and status (ok, shed, unavailable, skipped, error).",
             tag_keys=("variant", "status"))
+        self.key_requests = Counter(
+            "twinserve_api_key_requests_total",
+            description="Inference requests per API key id (first 8 hex digits of the key's sha256) and status; "
+                        "only when API keys are on.",
+            tag_keys=("key", "status"))
         self.variant_up = Gauge(
             "twinserve_variant_up",
             description="1 while a variant is up for routing, 0 while it is marked down (missed probes or "

@@ -40,6 +40,7 @@ from ray.serve.handle import DeploymentHandle
 
 from service.model.backends import cpu_variant_backend
 from service.serving.api import Failure, api, body_doc, openai_error, v2_error
+from service.serving.auth import ApiKeys, AuthError
 from service.serving.config import VARIANTS, RoutingConfig, ServingConfig
 from service.serving.deployments import n_texts
 from service.serving.health import VariantHealth
@@ -77,6 +78,8 @@ _INPUT_NAME, _OUTPUT_NAME = "text", "embedding"
 # than encoding them (tens of microseconds); larger ones go to a thread so that one request of 32
 # long texts does not hold every other request on this replica.
 INLINE_TOKENISE_CHARS = 2048
+# `created` of the models in GET /v1/models (OpenAI's field, Unix seconds): when this API first served them.
+MODELS_CREATED = 1_764_460_800  # 2025-11-30
 
 
 def dense_replica_actors(app: str, deployment: str) -> list:
@@ -129,8 +132,10 @@ class Router:
         self.routing = config.routing
         self._state = None  # the application's RoutingState actor, looked up on first use
         self._routing_version, self._routing_source = 0, "build_app args"
-        token = Settings().admin_token  # from the environment only: never a bind argument in GCS
+        settings = Settings()  # secrets from the environment only: never a bind argument in GCS
+        token = settings.admin_token
         self._admin_token = token.get_secret_value().encode() if token else None
+        self._keys = ApiKeys.from_settings(settings)
         self._rng = random.Random()
         self._shadow_tasks: set[asyncio.Task] = set()
         self._shadow_stats = {"completed": 0, "failed": 0, "skipped": 0, "cosine_sum": 0.0,
@@ -150,6 +155,8 @@ class Router:
                  self.backend.threads, config.pruned.max_batch_size, config.pruned.batch_wait_timeout_s * 1e3,
                  config.artifact_dir, self.max_tokens, limits.over_token_limit,
                  "enabled" if self._admin_token else "disabled (no TWINSERVE_ADMIN_TOKEN)")
+        log.info("twinserve ingress: inference endpoints %s", f"need one of {len(self._keys)} API keys"
+                 if self._keys else "are open (no TWINSERVE_API_KEYS or TWINSERVE_API_KEYS_FILE)")
 
     async def reconfigure(self, user_config: dict) -> None:
         """Ray Serve ``user_config``: weights and shadow fraction, applied without a restart.
@@ -345,9 +352,15 @@ class Router:
         self._maybe_shadow(final, ids, emb)
         return emb, final
 
-    def _record(self, t0: float, route: Route | None, status: str) -> None:
+    def _authenticate(self, request: Request) -> str | None:
+        """The caller's key id when API keys are on (raises AuthError without a valid one); else None."""
+        return None if self._keys is None else self._keys.check(request.headers.get("authorization"))
+
+    def _record(self, t0: float, route: Route | None, status: str, key: str | None = None) -> None:
         variant, reason = (route.variant, route.reason) if route else ("none", "none")
         self._metrics.requests.inc(tags={"variant": variant, "reason": reason, "status": status})
+        if key is not None:
+            self._metrics.key_requests.inc(tags={"key": key, "status": status})
         if status == "ok":
             self._metrics.e2e_latency.observe(time.perf_counter() - t0, tags={"variant": variant, "reason": reason})
 
@@ -358,10 +371,15 @@ class Router:
     def _unavailable_headers(self, route: Route | None) -> dict[str, str]:
         return {**self._route_headers(route), "Retry-After": str(self.cfg.router.retry_after_s)}
 
-    def _failure(self, e: Exception, t0: float, route: Route | None) -> Failure:
+    def _failure(self, e: Exception, t0: float, route: Route | None, key: str | None = None) -> Failure:
         """What a failed inference request answers, whichever API it came through; counted in the metrics."""
         retry_s, timeout_s = self.cfg.router.retry_after_s, self.cfg.router.variant_timeout_s
-        if isinstance(e, InputError):
+        if isinstance(e, AuthError):
+            headers = ({"WWW-Authenticate": "Bearer"} if e.status == 401 else
+                       {"Retry-After": str(e.retry_after_s)})
+            f = Failure("unauthorised" if e.status == 401 else "rate_limited", e.status, str(e), headers,
+                        code="invalid_api_key" if e.status == 401 else "rate_limit_exceeded")
+        elif isinstance(e, InputError):
             f = Failure("bad_request", e.status, str(e), self._route_headers(route), param=e.param)
         elif isinstance(e, RoutingError):  # raised while choosing, so there is no route yet
             unknown = str(e).startswith("unknown model")
@@ -378,7 +396,7 @@ class Router:
         else:  # a bug: still JSON, still counted
             log.error("twinserve: unexpected %s answering an inference request", type(e).__name__, exc_info=e)
             f = Failure("error", 500, "internal error; the server log has the details", self._route_headers(route))
-        self._record(t0, route, f.metric_status)
+        self._record(t0, route, f.metric_status, key)
         return f
 
     # ---- shadow ------------------------------------------------------------------------------------
@@ -431,8 +449,9 @@ class Router:
               openapi_extra=body_doc(EmbeddingRequest, "a text or a list of texts"))
     async def embeddings(self, request: Request) -> Response:
         t0 = time.perf_counter()
-        route = None
+        route = key = None
         try:
+            key = self._authenticate(request)
             body = await self._read_body(request)
             try:
                 req = EmbeddingRequest.model_validate_json(body)
@@ -446,9 +465,35 @@ class Router:
             emb, route = await self._embed(route, ids)
             content = embedding_response(emb, f"twinserve-{route.variant}", n_tokens, req.encoding_format)
         except Exception as e:  # noqa: BLE001 - every failure is answered in JSON and counted
-            return openai_error(self._failure(e, t0, route))
-        self._record(t0, route, "ok")
+            return openai_error(self._failure(e, t0, route, key))
+        self._record(t0, route, "ok", key)
         return Response(content, media_type="application/json", headers=self._route_headers(route))
+
+    @staticmethod
+    def _openai_model(name: str) -> dict:
+        return {"id": name, "object": "model", "created": MODELS_CREATED, "owned_by": "twinserve"}
+
+    def _denied(self, request: Request) -> Response | None:
+        """The JSON answer to a request without a valid key (or over its rate), else None."""
+        try:
+            self._authenticate(request)
+        except AuthError as e:
+            return openai_error(self._failure(e, time.perf_counter(), None))
+        return None
+
+    @api.get("/v1/models", summary="OpenAI-compatible model list: the routed model and the two pinned ones")
+    async def list_models(self, request: Request) -> Response:
+        return self._denied(request) or JSONResponse(
+            {"object": "list", "data": [self._openai_model(name) for name in MODEL_NAMES]})
+
+    @api.get("/v1/models/{name}", summary="OpenAI-compatible model retrieval")
+    async def retrieve_model(self, name: str, request: Request) -> Response:
+        if (denied := self._denied(request)) is not None:
+            return denied
+        if name not in MODEL_NAMES:
+            return openai_error(Failure("bad_request", 404, f"unknown model {name!r}; use one of "
+                                        f"{', '.join(MODEL_NAMES)}", {}, param="model", code="model_not_found"))
+        return JSONResponse(self._openai_model(name))
 
     # ---- Open Inference Protocol v2 ------------------------------------------------------------------
 
@@ -524,8 +569,9 @@ class Router:
               openapi_extra=body_doc(InferRequest, "one BYTES input of texts (JSON data; or the binary extension)"))
     async def infer(self, name: str, request: Request) -> Response:
         t0 = time.perf_counter()
-        route = None
+        route = key = None
         try:
+            key = self._authenticate(request)
             body = await self._read_body(request)
             header_len = request.headers.get("inference-header-content-length")
             binary = None
@@ -550,9 +596,9 @@ class Router:
             emb, route = await self._embed(route, ids)
             content, json_len = infer_response(emb, name, req.id, _OUTPUT_NAME, want_binary)
         except Exception as e:  # noqa: BLE001 - every failure is answered in JSON and counted
-            f = self._failure(e, t0, route)
+            f = self._failure(e, t0, route, key)
             return v2_error(f.status, f.message, headers=f.headers)
-        self._record(t0, route, "ok")
+        self._record(t0, route, "ok", key)
         headers = self._route_headers(route)
         if json_len is not None:
             headers["Inference-Header-Content-Length"] = str(json_len)

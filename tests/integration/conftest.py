@@ -96,8 +96,10 @@ def serve_app(tiny_artifacts) -> ServeApp:
     app["args"]["artifact_dir"] = str(tiny_artifacts)
     app["args"]["dense"]["num_cpus"] = 0.5
     app["args"]["router"]["num_cpus"] = 0.5  # two ingress replicas, one runtime thread each
-    for name in ("dense", "pruned"):
-        app["args"][name]["price_usd_per_hour"] = PRICES_USD_PER_HOUR[name]
+    # Prices are per replica: the instance's price times the replica's share of it. The two ingress
+    # replicas (the CPU variant) share one instance here, so each exports half of it.
+    app["args"]["dense"]["price_usd_per_hour"] = PRICES_USD_PER_HOUR["dense"]
+    app["args"]["pruned"]["price_usd_per_hour"] = PRICES_USD_PER_HOUR["pruned"] / app["args"]["router"]["num_replicas"]
     app["deployments"][0]["user_config"] = {"weights": dict(INITIAL_WEIGHTS), "shadow_fraction": 0.0}
 
     saved = {k: os.environ.get(k) for k in ("TWINSERVE_ADMIN_TOKEN", "PYTHONPATH")}

@@ -45,7 +45,7 @@ def main() -> int:
     cfg = serve_config(docs)
     app = cfg["applications"][0]
     app["args"]["artifact_dir"] = args.artifacts
-    for name in ("dense", "pruned", "router"):
+    for name in ("dense", "router"):
         app["args"][name]["num_cpus"] = 0.5
     cfg["proxy_location"] = "HeadOnly"
     cfg["http_options"].update(host="127.0.0.1", port=args.port)

@@ -169,3 +169,26 @@ def test_admin_endpoint_needs_the_bearer_token(serve_app):
     r = serve_app.http.put("/admin/routing", json={"weights": {"dense": 0.4, "pruned": 0.4}}, headers=serve_app.admin)
     assert r.status_code == 400 and "weights must sum to 1.0" in r.json()["error"]
     assert serve_app.routing()["routing"]["weights"] == {"dense": 0.3, "pruned": 0.7}
+
+
+def test_v1_models_lists_the_three_names_the_way_openai_clients_read_them(serve_app):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{serve_app.url}/v1", api_key="unused")
+    assert [m.id for m in client.models.list()] == ["twinserve", "twinserve-dense", "twinserve-pruned"]
+    assert client.models.retrieve("twinserve-pruned").owned_by == "twinserve"
+    r = serve_app.http.get("/v1/models/gpt-4")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+
+
+@pytest.mark.parametrize("method, path, status, shape", [
+    ("GET", "/v1/nothing", 404, "openai"), ("GET", "/v1/embeddings", 405, "openai"),
+    ("DELETE", "/v1/models", 405, "openai"), ("GET", "/v2/nothing/here", 404, "v2"), ("GET", "/", 404, "openai"),
+])
+def test_unknown_paths_and_methods_answer_the_api_json_not_fastapi_detail(serve_app, method, path, status, shape):
+    r = serve_app.http.request(method, path)
+    assert r.status_code == status
+    body = r.json()
+    assert "detail" not in body
+    message = body["error"]["message"] if shape == "openai" else body["error"]
+    assert path in message

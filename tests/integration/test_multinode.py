@@ -20,7 +20,7 @@ SCRIPT = Path(__file__).with_name("multinode_scenario.py")
 LIMIT_S = 300  # a loaded 2-core machine; normally about a minute
 
 
-def test_dense_on_the_gpu_stand_in_node_pruned_on_the_cpu_pool_one_endpoint(tiny_artifacts, tmp_path):
+def test_dense_on_the_gpu_stand_in_node_ingress_with_the_cpu_variant_on_the_cpu_pool_one_endpoint(tiny_artifacts, tmp_path):
     out = tmp_path / "multinode.json"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
@@ -45,13 +45,14 @@ def test_dense_on_the_gpu_stand_in_node_pruned_on_the_cpu_pool_one_endpoint(tiny
     types = report["node_types"]
     assert types["dense"]["resources"]["dense_pool"] == 1 and types["pruned"]["resources"]["pruned_pool"] == 1
     assert report["serve_args"]["dense"]["resources"] == {"dense_pool": 0.01}
-    assert report["serve_args"]["pruned"]["resources"] == {"pruned_pool": 0.01}
+    assert report["serve_args"]["router"]["resources"] == {"pruned_pool": 0.01}
 
-    # Placement: dense replicas only on the GPU stand-in, pruned only on the CPU pool.
+    # Placement: dense replicas only on the GPU stand-in; the ingress replicas, which serve the CPU
+    # variant, only on the CPU pool.
     placed = report["replica_nodes"]
     assert placed["Dense"] == ["dense"], placed
-    assert placed["Pruned"] and set(placed["Pruned"]) == {"pruned"}, placed
-    assert len(placed["Router"]) == 1, placed
+    assert set(placed) == {"Dense", "Router"}, placed
+    assert len(placed["Router"]) == 2 and set(placed["Router"]) == {"pruned"}, placed
 
     # One endpoint, both variants answer: forced and routed by weight (0.5 / 0.5 over 14 requests).
     answers = report["answers"]

@@ -197,3 +197,33 @@ def test_truncate_mode_embeds_the_first_tokens_and_counts_them(tight_app, serve_
     expected = ref.embed([text, "short"])
     got = np.array([d["embedding"] for d in body["data"]])
     assert np.sum(got * expected, axis=1).min() > 0.999
+
+
+def test_an_admin_change_reaches_every_ingress_replica_and_survives_a_restart(serve_app):
+    """Two ingress replicas share one routing state: a change taken by one is in force on both within a
+    second, and a replica that is killed comes back with it, not with the deploy's user_config."""
+    from service import reliability as rel
+
+    try:
+        r = serve_app.http.put("/admin/routing", json={"weights": {"dense": 0.0}}, headers=serve_app.admin)
+        assert r.status_code == 200 and r.json()["set_by"].startswith("admin endpoint"), r.text
+        time.sleep(1.0)
+        before = _ingress_replicas()
+        assert len(before) == 2
+        assert {res.headers["x-variant"] for res in _post_many(serve_app.url, 40, threads=4)} == {"pruned"}
+        rel.kill_replicas("Router", "twinserve", count=1)
+        from ray import serve
+
+        def running() -> int:
+            return serve.status().applications["twinserve"].deployments["Router"].replica_states.get("RUNNING", 0)
+
+        deadline = time.monotonic() + 240  # a loaded 2-core machine can take minutes to start a replica
+        while len(now := _ingress_replicas()) < 2 or now == before or running() < 2:  # Serve starts a replacement
+            assert time.monotonic() < deadline, (before, now, running())
+            time.sleep(0.5)
+        time.sleep(1.0)
+        responses = _post_many(serve_app.url, 60, threads=6)
+        assert Counter((res.status_code, res.headers["x-variant"]) for res in responses) == {(200, "pruned"): 60}
+    finally:
+        serve_app.http.put("/admin/routing", json={"weights": INITIAL_WEIGHTS, "shadow_fraction": 0.0},
+                           headers=serve_app.admin)

@@ -61,11 +61,12 @@ def test_rendered_serve_config_validates_against_ray_and_twinserve(values):
     cfg = ServingConfig.model_validate(app.args)
     (router,) = [d for d in app.deployments if d.name == "Router"]
     RoutingConfig.model_validate(router.user_config)
-    # Placement: each model deployment asks for its own pool's resource; the GPU only with gpu.enabled.
-    assert set(cfg.dense.resources) == {"dense_pool"} and set(cfg.pruned.resources) == {"pruned_pool"}
-    assert cfg.dense.num_gpus == (0 if values else 1) and cfg.pruned.num_gpus == 0
+    # Placement: dense on its pool, the ingress (which serves the CPU variant) on the CPU pool; the GPU
+    # only with gpu.enabled.
+    assert set(cfg.dense.resources) == {"dense_pool"} and set(cfg.router.resources) == {"pruned_pool"}
+    assert cfg.dense.num_gpus == (0 if values else 1)
     assert str(cfg.artifact_dir) == "/artifacts/all-MiniLM-L6-v2"
-    assert cfg.pruned.max_replicas == 8  # the pruned deployment autoscales
+    assert cfg.router.max_replicas == 8 and cfg.router.num_replicas >= 2  # the CPU variant autoscales
 
 
 def test_deploy_serve_config_validates_against_ray_schema():
@@ -149,8 +150,9 @@ def test_ray_autoscaler_sees_the_pools_the_deployments_ask_for(values):
     assert dense["resources"].get("GPU", 0) == (0 if values else 1) and "GPU" not in pruned["resources"]
     assert (pruned["min_workers"], pruned["max_workers"]) == (1, 4)
     args = serve_config(docs)["applications"][0]["args"]
-    # A pool node holds at least one replica of its deployment.
-    assert pruned["resources"]["CPU"] >= args["pruned"]["num_cpus"]
+    # A pool node holds at least one replica of its deployment (the CPU pool: an ingress replica,
+    # which serves the CPU variant).
+    assert pruned["resources"]["CPU"] >= args["router"]["num_cpus"]
     assert dense["resources"]["CPU"] >= args["dense"]["num_cpus"]
 
 

@@ -44,7 +44,7 @@ serveConfigV2: the Ray Serve config (ServeDeploySchema) built from .Values.serve
 {{- end -}}
 {{- if .Values.placement.enabled -}}
 {{- $_ := set $args.dense "resources" (dict .Values.placement.denseResource .Values.placement.perReplica) -}}
-{{- $_ := set $args.pruned "resources" (dict .Values.placement.prunedResource .Values.placement.perReplica) -}}
+{{- $_ := set $args.router "resources" (dict .Values.placement.prunedResource .Values.placement.perReplica) -}}
 {{- end -}}
 {{- $routing := dict "weights" (dict "dense" .Values.routing.weights.dense "pruned" .Values.routing.weights.pruned) "shadow_fraction" .Values.routing.shadowFraction -}}
 {{- $app := dict "name" "twinserve" "route_prefix" "/" "import_path" "service.serving.app:build_app" "args" $args "deployments" (list (dict "name" "Router" "user_config" $routing)) -}}
