@@ -319,6 +319,9 @@ class Router:
                 log.exception("twinserve router: health probe failed")
             await asyncio.sleep(self.cfg.router.health_period_s)
 
+    def _dense_replicas(self) -> list:
+        return dense_replica_actors(self._app, self.dense.deployment_name)
+
     async def _probe_dense(self) -> bool:
         """Does a dense replica answer out of band within ``health_timeout_s``?
 
@@ -327,9 +330,7 @@ class Router:
         dead one is not listed or fails at once.
         """
         try:
-            actors = await asyncio.wait_for(
-                asyncio.to_thread(dense_replica_actors, self._app, self.dense.deployment_name),
-                self.cfg.router.health_timeout_s)
+            actors = await asyncio.wait_for(asyncio.to_thread(self._dense_replicas), self.cfg.router.health_timeout_s)
             if not actors:
                 return False
             answers = await asyncio.wait_for(

@@ -131,3 +131,26 @@ def test_shedding_is_not_an_error_and_an_answer_is_a_success():
     cls, self = _stand_in_ingress(StandInResponse(result=emb))
     assert asyncio.run(cls._call(self, "dense", [[101, 102]])) is emb
     assert self.health.errors["dense"].error_rate() == 0.0
+
+
+class StandInReplicaActor:
+    """A dense replica actor as the probe sees it: ``get_num_ongoing_requests.remote()`` is awaitable."""
+
+    def __init__(self, answer=None, error: BaseException | None = None, delay_s: float = 0.0):
+        self.get_num_ongoing_requests = SimpleNamespace(
+            remote=lambda: StandInResponse(result=answer, error=error, delay_s=delay_s))
+
+
+@pytest.mark.parametrize("actors, up", [
+    ([], False),                                                          # no replica listed: dead or not started
+    ([StandInReplicaActor(error=RuntimeError("ActorDiedError"))], False),  # listed, but dead
+    ([StandInReplicaActor(answer=3, delay_s=5.0)], False),                 # no answer within the timeout
+    ([StandInReplicaActor(error=RuntimeError("dead")), StandInReplicaActor(answer=31)], True),  # one is enough
+])
+def test_the_dense_probe_asks_replica_actors_out_of_band(actors, up):
+    from service.serving.router import Router
+
+    cls = Router.func_or_class
+    self = SimpleNamespace(cfg=SimpleNamespace(router=RouterConfig(health_timeout_s=0.2)),
+                           _dense_replicas=lambda: actors)
+    assert asyncio.run(cls._probe_dense(self)) is up
