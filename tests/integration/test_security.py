@@ -71,7 +71,7 @@ def test_api_keys_gate_inference_for_the_openai_client_and_never_reach_the_logs(
 
     good = openai.OpenAI(base_url=f"{keyed_app}/v1", api_key=API_KEY, max_retries=0)
     assert len(good.embeddings.create(input=["hello"], model="twinserve-pruned").data) == 1
-    assert [m.id for m in good.models.list()][0] == "twinserve"
+    assert next(m.id for m in good.models.list()) == "twinserve"
     wrong = f"sk-wrong-{uuid.uuid4().hex}"
     with pytest.raises(openai.AuthenticationError) as e:
         openai.OpenAI(base_url=f"{keyed_app}/v1", api_key=wrong, max_retries=0).embeddings.create(
