@@ -166,7 +166,20 @@ def summarise(answers: Sequence[Answer], offered_rps: float, duration_s: float) 
 # ---- replica processes ------------------------------------------------------------------------------
 
 def replica_pids(deployment: str, app: str = APP) -> list[int]:
-    """PIDs of the live replica processes of one deployment on this node."""
+    """PIDs of the live replica processes of one deployment on this node.
+
+    From the connected Ray cluster's actor table when this process is connected to one (so another
+    Serve instance on the machine with the same names is never touched); otherwise by process title.
+    """
+    import ray
+
+    if ray.is_initialized():
+        from ray._private.state import actors  # no public call gives replica PIDs
+
+        me = ray.get_runtime_context().get_node_id()
+        return sorted(a["Pid"] for a in actors().values()
+                      if a.get("State") == "ALIVE" and a.get("ActorClassName") == f"ServeReplica:{app}:{deployment}"
+                      and a["Address"]["NodeID"] == me and a["Pid"])
     prefix = f"ray::ServeReplica:{app}:{deployment}"
     pids = []
     for p in psutil.process_iter(["cmdline"]):

@@ -4,17 +4,18 @@ Per request: read and validate the body, cap each text's characters, tokenise on
 tokenizer's ``encode_batch``; off the event loop when the request is large), apply the token
 limit, ask :func:`policy.choose` for a variant, and then either
 
-* **pruned** (the CPU variant): batch the token ids in this replica (``@serve.batch``, counting
-  texts) and run the runtime the manifest names, off the event loop; or
-* **dense**: send the token ids (never the texts) to the Dense deployment by handle, cancelling
-  the Ray request when it times out.
+* **pruned** (the CPU variant, :class:`~service.serving.variants.CpuVariant`): batch the token
+  ids in this process and run the runtime the manifest names, off the event loop; or
+* **dense** (:class:`~service.serving.variants.DenseVariant`): send the token ids (never the
+  texts) to the Dense deployment by handle, cancelling the Ray request when it times out.
 
 A routed request falls back to the other variant when its own is down, shedding load or failing
 (:func:`policy.dispatch`); pinned requests never do. Health (:mod:`service.serving.health`) comes
-from an out-of-band probe of the dense replicas (their queue-length method, which Ray answers on a
-thread of its own, not behind requests) with hysteresis, and from each variant's error rate.
-Marking a variant down moves new requests only. An optional shadow copy goes to the other variant
-in the background and records the cosine between the two answers.
+from an out-of-band probe of the dense replicas with hysteresis, and from each variant's error
+rate; marking a variant down moves new requests only. An optional shadow copy
+(:mod:`service.serving.shadow`) goes to the other variant in the background. Weights and the
+shadow fraction come from the application's one routing state
+(:mod:`service.serving.routing_state`).
 
 One ingress replica is one CPU-variant replica: ``router.num_replicas`` and ``router.num_cpus``
 are the CPU variant's capacity and threads.
@@ -34,15 +35,12 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from ray import serve
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from service.model.backends import cpu_variant_backend
 from service.serving.api import Failure, api, body_doc, openai_error, v2_error
 from service.serving.auth import ApiKeys, AuthError
 from service.serving.config import VARIANTS, RoutingConfig, ServingConfig
-from service.serving.deployments import n_texts
 from service.serving.health import VariantHealth
 from service.serving.metrics import keep_price_gauge, serving_metrics
 from service.serving.policy import (
@@ -66,13 +64,13 @@ from service.serving.schemas import (
     embedding_response,
     infer_response,
 )
+from service.serving.shadow import Shadow
+from service.serving.variants import CpuVariant, DenseVariant
 
 __all__ = ["Router", "api"]
 
 log = logging.getLogger("ray.serve")
 
-_UNAVAILABLE = (DeploymentUnavailableError, ReplicaUnavailableError, RayActorError, ActorDiedError,
-                ActorUnavailableError)
 _INPUT_NAME, _OUTPUT_NAME = "text", "embedding"
 # Requests with fewer characters than this are tokenised on the event loop: a thread hop costs more
 # than encoding them (tens of microseconds); larger ones go to a thread so that one request of 32
@@ -82,31 +80,6 @@ INLINE_TOKENISE_CHARS = 2048
 MODELS_CREATED = 1_764_460_800  # 2025-11-30
 
 
-def dense_replica_actors(app: str, deployment: str) -> list:
-    """Actor handles of the live replicas of ``app``'s ``deployment``.
-
-    Ray Serve names replica actors ``SERVE_REPLICA::<app>#<deployment>#<id>`` in the ``serve``
-    namespace (``ReplicaID.to_full_id_str``); there is no public call that lists them. The names
-    go with the actor: a dead replica is not listed.
-    """
-    import ray
-    from ray.serve._private.common import ReplicaID
-    from ray.serve._private.constants import SERVE_NAMESPACE
-
-    handles = []
-    for actor in ray.util.list_named_actors(all_namespaces=True):
-        name = actor["name"] if isinstance(actor, dict) else actor
-        if not ReplicaID.is_full_id_str(name):
-            continue
-        rid = ReplicaID.from_full_id_str(name)
-        if rid.deployment_id.app_name == app and rid.deployment_id.name == deployment:
-            try:
-                handles.append(ray.get_actor(name, namespace=SERVE_NAMESPACE))
-            except ValueError:  # gone between the listing and the lookup
-                pass
-    return handles
-
-
 @serve.deployment(name="Router")
 @serve.ingress(api)
 class Router:
@@ -114,21 +87,20 @@ class Router:
         from service.settings import Settings
 
         self.cfg = config
-        self.dense = dense
         r, limits = config.router, config.limits
-        self.backend = cpu_variant_backend(config.artifact_dir, threads=max(1, int(r.num_cpus)))
-        self.backend.load()  # verifies the manifest's sha256 of every file it reads; raises on a mismatch
-        self.tokenizer = self.backend.tokenizer  # the one tokenizer.json both variants share
+        self._metrics = serving_metrics()
+        backend = cpu_variant_backend(config.artifact_dir, threads=max(1, int(r.num_cpus)))
+        backend.load()  # verifies the manifest's sha256 of every file it reads; raises on a mismatch
+        self.tokenizer = backend.tokenizer  # the one tokenizer.json both variants share
         model_limit = self.tokenizer.max_tokens
         if limits.max_tokens_per_input is not None and limits.max_tokens_per_input > model_limit:
             raise ValueError(
                 f"limits.max_tokens_per_input ({limits.max_tokens_per_input}) is above the model's limit "
                 f"of {model_limit} tokens (manifest.json max_tokens); lower it or leave it unset")
         self.max_tokens = limits.max_tokens_per_input or model_limit
-        self._cpu_batch.set_max_batch_size(config.pruned.max_batch_size)
-        self._cpu_batch.set_batch_wait_timeout_s(config.pruned.batch_wait_timeout_s)
-        self._cpu_pending = 0  # requests in the CPU variant's batch queue or batch, this replica
-        self.dim = int(self.backend.embed(["dimension probe"]).shape[1])
+        self.cpu = CpuVariant(backend, config.pruned, timeout_s=r.variant_timeout_s, on_batch=self._on_cpu_batch)
+        self.dense = DenseVariant(dense, timeout_s=r.variant_timeout_s, probe_timeout_s=r.health_timeout_s)
+        self.dim = self.cpu.dim
         self.routing = config.routing
         self._state = None  # the application's RoutingState actor, looked up on first use
         self._routing_version, self._routing_source = 0, "build_app args"
@@ -137,22 +109,18 @@ class Router:
         self._admin_token = token.get_secret_value().encode() if token else None
         self._keys = ApiKeys.from_settings(settings)
         self._rng = random.Random()
-        self._shadow_tasks: set[asyncio.Task] = set()
-        self._shadow_stats = {"completed": 0, "failed": 0, "skipped": 0, "cosine_sum": 0.0,
-                              "cosine_min": None, "latency_s_sum": 0.0}
-        self._dense_meta: dict | None = None
+        self.shadow = Shadow(r.max_shadow_in_flight, self._metrics)
         self.health = VariantHealth(VARIANTS, misses_to_down=r.health_misses_to_down,
                                     successes_to_up=r.health_successes_to_up, window_s=r.error_window_s,
                                     max_error_rate=r.max_error_rate, min_requests=r.error_min_requests)
         self._monitor: asyncio.Task | None = None
-        self._metrics = serving_metrics()
         keep_price_gauge("pruned", config.pruned.price_usd_per_hour)
         ctx = serve.get_replica_context()
         self._app, self._replica = ctx.app_name, ctx.replica_id.unique_id
         log.info("twinserve ingress: CPU variant %s (%s, %s) in-process with %d threads, batches of up to %d "
                  "texts waiting %.1f ms; artifacts %s, token limit %d (%s), admin endpoint %s",
-                 getattr(self.backend, "runtime", "onnxruntime"), self.backend.precision, self.backend.device,
-                 self.backend.threads, config.pruned.max_batch_size, config.pruned.batch_wait_timeout_s * 1e3,
+                 getattr(backend, "runtime", "onnxruntime"), backend.precision, backend.device,
+                 backend.threads, config.pruned.max_batch_size, config.pruned.batch_wait_timeout_s * 1e3,
                  config.artifact_dir, self.max_tokens, limits.over_token_limit,
                  "enabled" if self._admin_token else "disabled (no TWINSERVE_ADMIN_TOKEN)")
         log.info("twinserve ingress: inference endpoints %s", f"need one of {len(self._keys)} API keys"
@@ -234,58 +202,15 @@ class Router:
 
     # ---- the two variants ------------------------------------------------------------------------
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0, batch_size_fn=n_texts)
-    async def _cpu_batch(self, requests: list[list[list[int]]]) -> list[np.ndarray]:
-        ids = [x for r in requests for x in r]
-        t0 = time.perf_counter()
-        # Off the event loop, so HTTP work and the next batch go on while the runtime computes.
-        emb = await asyncio.to_thread(self._run_cpu, ids)
+    def _on_cpu_batch(self, n_texts: int, seconds: float) -> None:
         tags = {"variant": "pruned"}
-        self._metrics.model_latency.observe(time.perf_counter() - t0, tags=tags)
-        self._metrics.batch_size.observe(len(ids), tags=tags)
-        out, start = [], 0
-        for r in requests:
-            out.append(emb[start: start + len(r)])
-            start += len(r)
-        return out
-
-    def _run_cpu(self, ids: list[list[int]]) -> np.ndarray:
-        batch = self.tokenizer.pad(ids)
-        return self.backend.embed_ids(batch.input_ids, batch.attention_mask)
-
-    async def _pruned(self, ids: list[list[int]]) -> np.ndarray:
-        if self._cpu_pending >= self.cfg.pruned.max_queued_requests:
-            raise VariantUnavailable("pruned", "is shedding load (its queue is full)", shed=True)
-        self._cpu_pending += 1
-        try:
-            return await asyncio.wait_for(self._cpu_batch(ids), self.cfg.router.variant_timeout_s)
-        except (TimeoutError, asyncio.CancelledError):
-            raise
-        except Exception as e:
-            log.exception("twinserve: the CPU variant failed a batch")
-            raise VariantFailed("pruned", e) from e
-        finally:
-            self._cpu_pending -= 1
-
-    async def _dense(self, ids: list[list[int]]) -> np.ndarray:
-        response = self.dense.embed.remote(ids)
-        try:
-            return await asyncio.wait_for(response, self.cfg.router.variant_timeout_s)
-        except (TimeoutError, asyncio.CancelledError):
-            response.cancel()  # the Ray request too, not only this wait
-            raise
-        except BackPressureError:
-            raise VariantUnavailable("dense", "is shedding load (its queue is full)", shed=True) from None
-        except _UNAVAILABLE as e:
-            raise VariantUnavailable("dense", f"is unavailable ({type(e).__name__})", shed=False) from None
-        except Exception as e:
-            log.warning("twinserve: the dense variant failed a request: %s", e)
-            raise VariantFailed("dense", e) from e
+        self._metrics.model_latency.observe(seconds, tags=tags)
+        self._metrics.batch_size.observe(n_texts, tags=tags)
 
     async def _call(self, variant: str, ids: list[list[int]]) -> np.ndarray:
         """One variant's embeddings; every outcome but shedding goes into its error window."""
         try:
-            emb = await (self._pruned(ids) if variant == "pruned" else self._dense(ids))
+            emb = await (self.cpu if variant == "pruned" else self.dense).embed(ids)
         except VariantUnavailable as e:
             if not e.shed:
                 self.health.record(variant, ok=False)
@@ -307,7 +232,7 @@ class Router:
         while True:
             try:
                 await self._sync_routing()  # admin changes taken by another replica
-                up = await self._probe_dense()
+                up = await self.dense.probe()
                 if self.health.probe("dense", up):
                     r = self.cfg.router
                     log.warning("twinserve router: dense variant is %s", "up again" if up else
@@ -315,30 +240,9 @@ class Router:
                                 "new routed requests go to the CPU variant")
                 for v in VARIANTS:
                     self._metrics.variant_up.set(0.0 if self.health.is_down(v) else 1.0, tags={"variant": v})
-            except Exception:
+            except Exception:  # the monitor must outlive any one probe's surprise
                 log.exception("twinserve router: health probe failed")
             await asyncio.sleep(self.cfg.router.health_period_s)
-
-    def _dense_replicas(self) -> list:
-        return dense_replica_actors(self._app, self.dense.deployment_name)
-
-    async def _probe_dense(self) -> bool:
-        """Does a dense replica answer out of band within ``health_timeout_s``?
-
-        The probe asks each replica actor for its queue length, a method Ray runs on a thread of its
-        own (the request router's probe), so a busy replica answers as fast as an idle one and a
-        dead one is not listed or fails at once.
-        """
-        try:
-            actors = await asyncio.wait_for(asyncio.to_thread(self._dense_replicas), self.cfg.router.health_timeout_s)
-            if not actors:
-                return False
-            answers = await asyncio.wait_for(
-                asyncio.gather(*(a.get_num_ongoing_requests.remote() for a in actors), return_exceptions=True),
-                self.cfg.router.health_timeout_s)
-        except Exception:  # noqa: BLE001 - timeout or GCS trouble: a miss
-            return False
-        return any(not isinstance(a, BaseException) for a in answers)
 
     # ---- routing -----------------------------------------------------------------------------------
 
@@ -406,43 +310,7 @@ class Router:
         if route.reason == "fallback" or self._rng.random() >= self.routing.shadow_fraction:
             return
         shadow = other(route.variant)
-        if len(self._shadow_tasks) >= self.cfg.router.max_shadow_in_flight:
-            self._shadow_stats["skipped"] += 1
-            self._metrics.shadow_requests.inc(tags={"variant": shadow, "status": "skipped"})
-            return
-        task = asyncio.get_running_loop().create_task(self._shadow(shadow, ids, primary))
-        self._shadow_tasks.add(task)
-        task.add_done_callback(self._shadow_tasks.discard)
-
-    async def _shadow(self, variant: str, ids: list[list[int]], primary: np.ndarray) -> None:
-        t0 = time.perf_counter()
-        try:
-            emb = await self._call(variant, ids)  # times out like any call, and cancels its Ray request
-        except VariantFailed:
-            status = "error"
-        except VariantUnavailable as e:
-            status = "shed" if e.shed else "unavailable"
-        except TimeoutError:
-            status = "timeout"
-        except Exception:
-            log.exception("twinserve shadow request to %s failed", variant)
-            status = "error"
-        else:
-            latency = time.perf_counter() - t0
-            cos = np.sum(primary * emb, axis=1)  # both L2-normalised
-            tags = {"variant": variant}
-            self._metrics.shadow_latency.observe(latency, tags=tags)
-            for c in cos.tolist():
-                self._metrics.shadow_cosine.observe(c, tags=tags)
-            s = self._shadow_stats
-            s["completed"] += 1
-            s["cosine_sum"] += float(cos.mean())
-            s["cosine_min"] = min(float(cos.min()), s["cosine_min"] if s["cosine_min"] is not None else 1.0)
-            s["latency_s_sum"] += latency
-            status = "ok"
-        if status != "ok":
-            self._shadow_stats["failed"] += 1
-        self._metrics.shadow_requests.inc(tags={"variant": variant, "status": status})
+        self.shadow.send(shadow, lambda: self._call(shadow, ids), primary)
 
     # ---- OpenAI embeddings ---------------------------------------------------------------------------
 
@@ -498,27 +366,14 @@ class Router:
 
     # ---- Open Inference Protocol v2 ------------------------------------------------------------------
 
-    def _pruned_metadata(self) -> dict:
-        m = self.backend.manifest
-        return {"platform": getattr(self.backend, "runtime", "onnxruntime"), "device": self.backend.device,
-                "precision": self.backend.precision, "dim": self.dim, "parameters": m.pruned.parameters,
-                "layers": len(m.pruned.layers)}
-
     async def _variant_metadata(self, variant: str) -> dict | None:
-        if variant == "pruned":
-            return self._pruned_metadata()
-        if self._dense_meta is None:
-            try:
-                self._dense_meta = await asyncio.wait_for(self.dense.metadata.remote(), 5.0)
-            except Exception:  # noqa: BLE001 - not ready yet, whatever the reason
-                return None
-        return self._dense_meta
+        return self.cpu.metadata() if variant == "pruned" else await self.dense.metadata()
 
     async def _ready(self, variant: str) -> bool:
         self._watch()
         if variant == "pruned":  # in this process: ready unless it keeps failing
             return not self.health.is_down("pruned")
-        return await self._probe_dense()
+        return await self.dense.probe()
 
     @api.get("/v2", summary="v2 server metadata")
     async def server_metadata(self) -> dict:
@@ -619,8 +474,6 @@ class Router:
         return None
 
     def _admin_view(self) -> dict:
-        s = self._shadow_stats
-        n = s["completed"]
         return {
             "routing": self.routing.model_dump(),
             "replica": self._replica,
@@ -629,10 +482,7 @@ class Router:
             "scope": f"every ingress replica within {self.cfg.router.health_period_s:g} s, kept across replica "
                      "restarts, until the next change here or a `serve deploy` with a changed user_config",
             "variants_down": sorted(self.health.down()),
-            "shadow": {"completed": n, "failed": s["failed"], "skipped": s["skipped"],
-                       "in_flight": len(self._shadow_tasks),
-                       "mean_cosine": s["cosine_sum"] / n if n else None, "min_cosine": s["cosine_min"],
-                       "mean_latency_s": s["latency_s_sum"] / n if n else None},
+            "shadow": self.shadow.view(),
         }
 
     @api.get("/admin/routing", summary="current weights, shadow fraction and shadow agreement (bearer token)")

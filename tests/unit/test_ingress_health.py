@@ -12,7 +12,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from service.serving.config import RouterConfig
 from service.serving.health import ErrorWindow, Hysteresis, VariantHealth
 from service.serving.policy import Route, VariantFailed, VariantUnavailable, dispatch
 
@@ -90,14 +89,15 @@ class StandInResponse:
 
 
 def _stand_in_ingress(response: StandInResponse, timeout_s: float = 0.05):
+    """The ingress's ``_call`` on a stand-in self: a real DenseVariant over a stand-in handle."""
     from service.serving.router import Router
+    from service.serving.variants import DenseVariant
 
     cls = Router.func_or_class
+    handle = SimpleNamespace(embed=SimpleNamespace(remote=lambda ids: response))
     health = VariantHealth(["dense", "pruned"], misses_to_down=1, successes_to_up=1, window_s=60,
                            max_error_rate=0.5, min_requests=1)
-    self = SimpleNamespace(cfg=SimpleNamespace(router=RouterConfig(variant_timeout_s=timeout_s)), health=health,
-                           dense=SimpleNamespace(embed=SimpleNamespace(remote=lambda ids: response)))
-    self._dense = lambda ids: cls._dense(self, ids)
+    self = SimpleNamespace(health=health, dense=DenseVariant(handle, timeout_s=timeout_s, probe_timeout_s=1.0))
     return cls, self
 
 
@@ -148,9 +148,7 @@ class StandInReplicaActor:
     ([StandInReplicaActor(error=RuntimeError("dead")), StandInReplicaActor(answer=31)], True),  # one is enough
 ])
 def test_the_dense_probe_asks_replica_actors_out_of_band(actors, up):
-    from service.serving.router import Router
+    from service.serving.variants import DenseVariant
 
-    cls = Router.func_or_class
-    self = SimpleNamespace(cfg=SimpleNamespace(router=RouterConfig(health_timeout_s=0.2)),
-                           _dense_replicas=lambda: actors)
-    assert asyncio.run(cls._probe_dense(self)) is up
+    dense = DenseVariant(handle=None, timeout_s=1.0, probe_timeout_s=0.2, list_replicas=lambda: actors)
+    assert asyncio.run(dense.probe()) is up
