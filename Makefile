@@ -9,7 +9,7 @@ APT_PACKAGES := wordnet-base prometheus
 MODEL_NAME := all-MiniLM-L6-v2
 ARTIFACTS := artifacts/$(MODEL_NAME)
 
-.PHONY: setup system-packages run prune bench demo reliability audit test test-unit clean
+.PHONY: setup system-packages run prune bench demo reliability audit test test-unit clean gpu-bench
 
 setup: system-packages $(STAMP)
 
@@ -65,6 +65,11 @@ audit: setup
 
 test: setup
 	$(PY) -m pytest tests
+
+# On a machine with an NVIDIA GPU: the dense variant's X_slo on it, written to results/gpu/capacity.json, which
+# `twinserve report` reads. INSTANCE=g5.xlarge names the instance; GPU_BENCH_ARGS passes more (--help).
+gpu-bench: setup
+	$(PY) scripts/gpu_bench.py $(if $(INSTANCE),--instance-type $(INSTANCE)) $(GPU_BENCH_ARGS)
 
 test-unit: setup
 	$(PY) -m pytest tests/unit
