@@ -174,10 +174,10 @@ def _one(variant: str, price: InstancePrice, found: Sequence[Measurement], u: fl
     if not same_arch:
         m = cpu[0]
         return _cell(variant, price, u, status="not_comparable", measured_on=m.hardware, cross_arch=True, m=m,
-                     note=f"not comparable: measured on {m.cpu_arch}, {price.instance_type} is {price.cpu_arch} "
-                          f"({price.cpu.model if price.cpu else 'CPU not listed'}); other instructions and other "
-                          f"kernels, so no figure is carried across architectures: measure {variant} on an "
-                          f"{price.cpu_arch} instance")
+                     note=f"measured on {m.cpu_arch}, {price.instance_type} is {price.cpu_arch} "
+                          f"({price.cpu.model if price.cpu else 'CPU not listed'}): other instructions, other "
+                          f"kernels; no figure is carried across architectures (not comparable): measure {variant} "
+                          f"on an {price.cpu_arch} instance")
     m = max(same_arch, key=lambda m: ((m.x_slo_rps or 0) / m.cpu_count))
     if m.x_slo_rps is None:
         return _cell(variant, price, u, status="no_capacity", measured_on=m.hardware, m=m,
