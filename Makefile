@@ -9,7 +9,7 @@ APT_PACKAGES := wordnet-base prometheus
 MODEL_NAME := all-MiniLM-L6-v2
 ARTIFACTS := artifacts/$(MODEL_NAME)
 
-.PHONY: setup system-packages run prune bench demo reliability audit test test-unit clean
+.PHONY: setup system-packages run prune bench demo reliability audit test test-unit clean image image-test gpu-bench
 
 setup: system-packages $(STAMP)
 
@@ -65,6 +65,22 @@ audit: setup
 
 test: setup
 	$(PY) -m pytest tests
+
+# The container image, built for real: buildah (vfs storage, chroot isolation) from a Debian bookworm base made
+# locally with debootstrap (no registry is reachable here), torch's CPU wheel from WHEELS (default /opt/wheels).
+# Needs root; installs buildah, podman, debootstrap, runc when missing. ~5 min. Not part of `make test`.
+image:
+	scripts/image.sh image
+
+# Runs the image as UID 10001 with the artifacts mounted read-only and checks from outside, over HTTP, that
+# /v2/health/ready answers 200 and /v1/embeddings answers for both variants (results/image-test/). ~3 min.
+image-test: $(ARTIFACTS)/manifest.json
+	scripts/image.sh test
+
+# On a machine with an NVIDIA GPU: the dense variant's X_slo on it, written to results/gpu/capacity.json, which
+# `twinserve report` reads. INSTANCE=g5.xlarge names the instance; GPU_BENCH_ARGS passes more (--help).
+gpu-bench: setup
+	$(PY) scripts/gpu_bench.py $(if $(INSTANCE),--instance-type $(INSTANCE)) $(GPU_BENCH_ARGS)
 
 test-unit: setup
 	$(PY) -m pytest tests/unit

@@ -156,8 +156,14 @@ def _cmd_report(args: argparse.Namespace) -> None:
         config = ReportConfig(utilisation=args.utilisation, dense_share=dense_share, dense_share_source=source,
                               dense_instance=args.dense_instance, pruned_instance=args.pruned_instance,
                               traffic_max_rps=args.traffic_max_rps, shadow_window=args.shadow_window)
+        gpu = args.gpu_capacity
+        if gpu is None:  # the default file is read when it exists (`make gpu-bench` writes it)
+            from service.cost.gpu import DEFAULT_GPU_CAPACITY
+
+            gpu = [DEFAULT_GPU_CAPACITY] if DEFAULT_GPU_CAPACITY.is_file() else []
         report, data = build_report(loadtests=args.loadtest, prices=args.prices, bench=args.bench,
-                                    manifest=args.manifest, prometheus_url=args.prometheus_url, config=config)
+                                    manifest=args.manifest, prometheus_url=args.prometheus_url, config=config,
+                                    gpu_capacity=gpu)
         files = write_report(report, data, args.out_dir)
     except (ValidationError, ReportError, PriceError) as e:
         raise CliError(_one_line(e)) from None
@@ -166,6 +172,8 @@ def _cmd_report(args: argparse.Namespace) -> None:
         print(f"{v.variant}: X_slo {x} ({v.hardware})")
     if report.fleet and report.fleet.crossover:
         print(f"crossover: {report.fleet.crossover.note}")
+    for b in report.break_even:
+        print(f"break-even {b.gpu_instance}: {b.verdict}")
     print(f"report written to {args.out_dir}: {', '.join(p.name for p in files.values())}")
 
 
@@ -213,6 +221,10 @@ def _add_cost_commands(sub) -> None:
     rp.add_argument("--bench", type=Path, help="bench results (twinserve bench)")
     rp.add_argument("--manifest", type=Path, help="artifact directory or its manifest.json, for fidelity")
     rp.add_argument("--prices", type=Path, default=Path("deploy") / "prices.yaml")
+    rp.add_argument("--gpu-capacity", type=Path, nargs="*",
+                    help="GPU capacity files of the dense variant (scripts/gpu_bench.py, `make gpu-bench`); default: "
+                         "results/gpu/capacity.json when it exists. Without one, the break-even per GPU instance is "
+                         "a requirement only")
     rp.add_argument("--prometheus-url", help="e.g. http://127.0.0.1:9090, for live shadow agreement")
     rp.add_argument("--shadow-window", default="1h", help="PromQL range for live shadow agreement")
     rp.add_argument("--utilisation", "-u", type=float, default=0.7, help="target utilisation u, (0, 1]")

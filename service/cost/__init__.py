@@ -6,6 +6,7 @@ private (``_plots``, ``_doc``).
 """
 
 from service.cost.capacity import CapacityCell, capacity_cells
+from service.cost.gpu import BreakEven, GpuCapacity, GpuCapacityError, break_even_x_slo, load_gpu_capacity
 from service.cost.loadtest import (
     LoadTestError,
     LoadTestResult,
@@ -24,13 +25,16 @@ from service.cost.model import (
     split_fleet,
     usd_per_million,
 )
-from service.cost.prometheus import PrometheusError, PrometheusServer
 from service.cost.prices import InstancePrice, PriceCatalog, PriceError, load_prices
+from service.cost.prometheus import PrometheusError, PrometheusServer
 from service.cost.report import Report, ReportConfig, ReportError, build_report, write_report
 
 __all__ = [
+    "BreakEven",
     "CapacityCell",
     "Crossover",
+    "GpuCapacity",
+    "GpuCapacityError",
     "InstancePrice",
     "LoadTestError",
     "LoadTestResult",
@@ -45,10 +49,12 @@ __all__ = [
     "SloCriteria",
     "SweepPlan",
     "blended_usd_per_million",
+    "break_even_x_slo",
     "build_report",
     "capacity_cells",
     "crossover",
     "instances_needed",
+    "load_gpu_capacity",
     "load_loadtest",
     "load_prices",
     "run_sweep",

@@ -4,8 +4,12 @@ A capacity is only ever one of:
 
 * **measured**: X_slo from a load test whose server ran on this very instance type;
 * **projected**: X_slo measured elsewhere and carried over by a named rule. CPU: linear in cores,
-  ``X × vCPUs(instance) / CPUs(measured)``, ignoring CPU model and architecture (said so).
-  GPU: the same GPU model, carried as-is (the GPU is the bottleneck);
+  ``X × vCPUs(instance) / CPUs(measured)``, within one CPU architecture; the cell names the GEMM
+  features (AMX, AVX-512 VNNI, ...) that the instance's CPU has and the measured one lacks, and the
+  reverse, so a reader knows which way the projection may be off. GPU: the same GPU model, carried
+  as-is (the GPU is the bottleneck);
+* **not comparable**: measured on another CPU architecture (x86_64 vs arm64): different kernels,
+  different instructions; no figure is carried over;
 * **not measured**: no load test covers the hardware (e.g. the dense variant on a GPU model it
   never ran on). The report shows these as "not measured"; it never invents a figure;
 * **not applicable**: the variant does not use the instance's accelerator (the pruned INT8
@@ -18,19 +22,28 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from service.cost._hardware import feature_names
 from service.cost.loadtest import LoadTestResult
 from service.cost.model import usd_per_million
 from service.cost.prices import InstancePrice
 
-__all__ = ["CPU_VARIANTS", "GPU_VARIANTS", "CapacityCell", "Measurement", "capacity_cells", "measurements"]
+__all__ = ["CPU_VARIANTS", "GPU_VARIANTS", "CapacityCell", "Measurement", "capacity_cells", "measurements",
+           "normalise_arch"]
 
 # The design: dense is served on a GPU (CPU fallback when none); pruned INT8 on CPUs.
 GPU_VARIANTS = frozenset({"dense"})
 CPU_VARIANTS = frozenset({"pruned"})
 
-Status = Literal["measured", "projected", "not_measured", "not_applicable", "no_capacity"]
+Status = Literal["measured", "projected", "not_measured", "not_applicable", "no_capacity", "not_comparable"]
+
+_ARCH = {"aarch64": "arm64", "arm64": "arm64", "x86_64": "x86_64", "amd64": "x86_64", "x64": "x86_64"}
+
+
+def normalise_arch(arch: str) -> str:
+    """Linux says ``aarch64`` where the catalog (and AWS) say ``arm64``; unknown names pass through."""
+    return _ARCH.get(arch.lower(), arch)
 
 
 class Measurement(BaseModel):
@@ -46,8 +59,15 @@ class Measurement(BaseModel):
     cpu_arch: str
     gpu_model: str | None
     instance_type: str | None
+    cpu_flags: list[str] | None = Field(None, description="GEMM features of the measured CPU; None: not recorded")
     shares_machine_with_generator: bool
     source: str = Field(description="the load-test results file")
+    method: str = Field("Locust step sweep", description="how X_slo was found")
+
+    @field_validator("cpu_arch")
+    @classmethod
+    def _arch(cls, v: str) -> str:
+        return normalise_arch(v)
 
 
 class CapacityCell(BaseModel):
@@ -64,7 +84,16 @@ class CapacityCell(BaseModel):
     usd_per_million_at_u: float | None
     usd_per_million_at_u1: float | None
     burstable: bool = Field(False, description="burstable instance: sustained load costs more than its price")
-    cross_arch: bool = Field(False, description="projected across CPU architectures (e.g. x86_64 to arm64)")
+    cross_arch: bool = Field(False, description="measured on another CPU architecture (e.g. x86_64 for arm64): "
+                                                "status not_comparable, no figure")
+    measured_cpu_flags: list[str] | None = Field(
+        None, description="GEMM features of the CPU the figure was measured on (None: not recorded)")
+    instance_cpu_features: list[str] | None = Field(
+        None, description="GEMM features of this instance's CPU, from the price catalog (None: not listed)")
+    features_only_on_instance: list[str] | None = Field(
+        None, description="features this instance's CPU has and the measured CPU lacks (None: unknown)")
+    features_only_measured: list[str] | None = Field(
+        None, description="features the measured CPU has and this instance's CPU lacks (None: unknown)")
     note: str = ""
 
 
@@ -72,9 +101,9 @@ def measurements(result: LoadTestResult, source: str) -> list[Measurement]:
     s = result.server
     return [
         Measurement(variant=v.variant, x_slo_rps=v.x_slo_rps, slo_p99_ms=result.slo.slo_p99_ms,
-                    hardware=s.description, cpu_count=s.cpu_count, cpu_arch=s.cpu_arch, gpu_model=s.gpu_model,
-                    instance_type=s.instance_type, shares_machine_with_generator=s.shares_machine_with_generator,
-                    source=source)
+                    hardware=s.description, cpu_count=s.cpu_count, cpu_arch=normalise_arch(s.cpu_arch),
+                    gpu_model=s.gpu_model, instance_type=s.instance_type, cpu_flags=s.cpu_flags,
+                    shares_machine_with_generator=s.shares_machine_with_generator, source=source)
         for v in result.variants if v.variant != "routed"
     ]
 
@@ -89,15 +118,20 @@ def _norm(gpu: str) -> str:
 
 def _cell(variant: str, price: InstancePrice, utilisation: float, *, status: Status, capacity: float | None = None,
           rule: str | None = None, measured_on: str | None = None, note: str = "",
-          cross_arch: bool = False) -> CapacityCell:
+          cross_arch: bool = False, m: Measurement | None = None) -> CapacityCell:
     ok = capacity is not None and capacity > 0
+    flags = m.cpu_flags if m is not None else None
+    inst = list(price.cpu.features) if price.cpu is not None else None
+    only_inst = [f for f in inst if f not in flags] if flags is not None and inst is not None else None
+    only_meas = [f for f in flags if f not in inst] if flags is not None and inst is not None else None
     return CapacityCell(
         variant=variant, instance=price.key, price_usd_per_hour=price.price_usd_per_hour, status=status,
         projected=status == "projected", capacity_rps=capacity if ok else None, projection_rule=rule,
         measured_on=measured_on,
         usd_per_million_at_u=usd_per_million(price.price_usd_per_hour, capacity, utilisation) if ok else None,
         usd_per_million_at_u1=usd_per_million(price.price_usd_per_hour, capacity, 1.0) if ok else None,
-        burstable=price.burstable, cross_arch=cross_arch, note=note)
+        burstable=price.burstable, cross_arch=cross_arch, measured_cpu_flags=flags, instance_cpu_features=inst,
+        features_only_on_instance=only_inst, features_only_measured=only_meas, note=note)
 
 
 def _one(variant: str, price: InstancePrice, found: Sequence[Measurement], u: float) -> CapacityCell:
@@ -107,10 +141,10 @@ def _one(variant: str, price: InstancePrice, found: Sequence[Measurement], u: fl
     for m in mine:
         if m.instance_type == price.instance_type:
             if m.x_slo_rps is None:
-                return _cell(variant, price, u, status="no_capacity", measured_on=m.hardware,
+                return _cell(variant, price, u, status="no_capacity", measured_on=m.hardware, m=m,
                              note=f"measured on {price.instance_type}: no step met the p99 SLO")
             return _cell(variant, price, u, status="measured", capacity=m.x_slo_rps, measured_on=m.hardware,
-                         note=burst.strip())
+                         note=burst.strip(), m=m)
     if price.gpu is not None:
         if variant not in GPU_VARIANTS:
             return _cell(variant, price, u, status="not_applicable",
@@ -123,25 +157,35 @@ def _one(variant: str, price: InstancePrice, found: Sequence[Measurement], u: fl
                               "from other hardware")
         m = max(same, key=lambda m: m.x_slo_rps or 0)
         if m.x_slo_rps is None:
-            return _cell(variant, price, u, status="no_capacity", measured_on=m.hardware,
+            return _cell(variant, price, u, status="no_capacity", measured_on=m.hardware, m=m,
                          note=f"measured on a {m.gpu_model}: no step met the p99 SLO")
         return _cell(variant, price, u, status="projected", capacity=m.x_slo_rps,
                      rule=f"same GPU ({m.gpu_model}), carried as-is: the GPU is the bottleneck",
-                     measured_on=m.hardware)
-    # 2. CPU instance: project a CPU measurement linearly in cores.
+                     measured_on=m.hardware, m=m,
+                     note=f"{m.method}; tokenisation and padding run on the host CPU "
+                          f"({price.cpu.model if price.cpu else 'not listed'}), which may differ from the measured "
+                          "host's")
+    # 2. CPU instance: project a CPU measurement linearly in cores, within one CPU architecture.
     cpu = [m for m in mine if not _uses_gpu(m)]
     if not cpu:
         return _cell(variant, price, u, status="not_measured",
                      note=f"{variant} was never measured on CPU; a GPU figure is not carried to CPUs")
-    m = max(cpu, key=lambda m: ((m.x_slo_rps or 0) / m.cpu_count))
+    same_arch = [m for m in cpu if m.cpu_arch in (price.cpu_arch, "unknown")]
+    if not same_arch:
+        m = cpu[0]
+        return _cell(variant, price, u, status="not_comparable", measured_on=m.hardware, cross_arch=True, m=m,
+                     note=f"measured on {m.cpu_arch}, {price.instance_type} is {price.cpu_arch} "
+                          f"({price.cpu.model if price.cpu else 'CPU not listed'}): other instructions, other "
+                          f"kernels; no figure is carried across architectures (not comparable): measure {variant} "
+                          f"on an {price.cpu_arch} instance")
+    m = max(same_arch, key=lambda m: ((m.x_slo_rps or 0) / m.cpu_count))
     if m.x_slo_rps is None:
-        return _cell(variant, price, u, status="no_capacity", measured_on=m.hardware,
+        return _cell(variant, price, u, status="no_capacity", measured_on=m.hardware, m=m,
                      note="measured on CPU: no step met the p99 SLO")
     projected = m.x_slo_rps * price.vcpus / m.cpu_count
-    notes = []
-    cross_arch = m.cpu_arch not in (price.cpu_arch, "unknown")
-    if cross_arch:
-        notes.append(f"measured on {m.cpu_arch}, {price.instance_type} is {price.cpu_arch}: not validated")
+    notes = [_feature_note(m, price)]
+    if m.cpu_arch == "unknown":
+        notes.append("the measured CPU's architecture was not recorded")
     if m.shares_machine_with_generator:
         notes.append("measured with the load generator on the same machine (conservative)")
     if variant in GPU_VARIANTS:
@@ -150,8 +194,28 @@ def _one(variant: str, price: InstancePrice, found: Sequence[Measurement], u: fl
         notes.append(price.note)
     return _cell(variant, price, u, status="projected", capacity=projected,
                  rule=f"linear in cores: {m.x_slo_rps:.4g} req/s x {price.vcpus} vCPU / {m.cpu_count} CPUs measured; "
-                      "CPU model and generation ignored",
-                 measured_on=m.hardware, note="; ".join(notes), cross_arch=cross_arch)
+                      "clock and CPU generation ignored",
+                 measured_on=m.hardware, note="; ".join(n for n in notes if n), m=m)
+
+
+def _feature_note(m: Measurement, price: InstancePrice) -> str:
+    """Which GEMM features differ between the measured CPU and the instance's, in words."""
+    if price.cpu is None:
+        return f"{price.instance_type}'s CPU is not listed in the price catalog: feature differences unknown"
+    if m.cpu_flags is None:
+        return (f"the measured CPU's features were not recorded; {price.instance_type} ({price.cpu.model}) has "
+                f"{feature_names(price.cpu.features) or 'none of the listed GEMM features'}")
+    gain = [f for f in price.cpu.features if f not in m.cpu_flags]
+    loss = [f for f in m.cpu_flags if f not in price.cpu.features]
+    if not gain and not loss:
+        return f"same GEMM features as the measured CPU ({feature_names(m.cpu_flags) or 'none listed'})"
+    parts = []
+    if gain:
+        parts.append(f"{price.instance_type} ({price.cpu.model}) has {feature_names(gain)}, which the measured CPU "
+                     "lacks: INT8/fp32 kernels may run faster there than projected")
+    if loss:
+        parts.append(f"it lacks {feature_names(loss)}, which the measured CPU has: the projection may overstate it")
+    return "CPU features differ: " + "; ".join(parts)
 
 
 def capacity_cells(found: Sequence[Measurement], prices: Sequence[InstancePrice], variants: Sequence[str],

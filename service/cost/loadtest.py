@@ -120,6 +120,9 @@ class ServerHardware(_Strict):
     cpu_arch: str = Field(description="x86_64, arm64, ...")
     gpu_model: str | None = Field(None, description="GPU the dense variant used, if any")
     instance_type: str | None = Field(None, description="cloud instance type, when it was one")
+    cpu_flags: list[str] | None = Field(
+        None, description="the INT8/fp32 GEMM features of the server's CPU (/proc/cpuinfo names, as in "
+                          "deploy/prices.yaml); None: not recorded")
     shares_machine_with_generator: bool = Field(
         description="the load generator ran on the same machine and took CPU from the server")
 
@@ -355,6 +358,7 @@ def local_server_hardware(url: str, *, description: str | None = None, cpu_count
                           gpu_model: str | None = None, instance_type: str | None = None) -> ServerHardware:
     """The server's hardware: this machine when the target is loopback, else what the caller names."""
     from service.bench import hardware_description
+    from service.cost._hardware import cpu_flags as _cpu_flags
 
     local = _is_loopback(url)
     if not local and (description is None or cpu_count is None):
@@ -364,7 +368,7 @@ def local_server_hardware(url: str, *, description: str | None = None, cpu_count
     return ServerHardware(
         description=description or hardware_description(), cpu_count=cpu_count or effective_cpu_count(),
         cpu_arch=platform.machine() if local else "unknown", gpu_model=gpu_model or (_gpu_model() if local else None),
-        instance_type=instance_type, shares_machine_with_generator=local)
+        instance_type=instance_type, cpu_flags=_cpu_flags() if local else None, shares_machine_with_generator=local)
 
 
 def default_locustfile() -> Path:

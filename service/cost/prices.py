@@ -14,9 +14,29 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
 
-__all__ = ["GpuSpec", "InstancePrice", "PriceCatalog", "PriceError", "load_prices"]
+__all__ = ["CPU_FEATURES", "CpuSpec", "GpuSpec", "InstancePrice", "PriceCatalog", "PriceError", "load_prices"]
 
 Basis = Literal["on-demand", "spot", "savings-plan"]
+
+# CPU features that decide how fast INT8 and fp32 GEMMs run (ONNX Runtime's MLAS picks kernels by them), named
+# as Linux's /proc/cpuinfo prints them (x86 `flags`, arm64 `Features`), with the name a person knows.
+CPU_FEATURES: dict[str, str] = {
+    "avx2": "AVX2",
+    "avx512f": "AVX-512",
+    "avx512_vnni": "AVX-512 VNNI",
+    "avx_vnni": "AVX-VNNI",
+    "avx512_bf16": "AVX-512 BF16",
+    "amx_tile": "AMX",
+    "amx_int8": "AMX-INT8",
+    "amx_bf16": "AMX-BF16",
+    "asimd": "NEON",
+    "asimddp": "NEON dot product",
+    "sve": "SVE",
+    "sve2": "SVE2",
+    "i8mm": "Arm INT8 matrix multiply (I8MM)",
+    "bf16": "Arm BF16",
+}
+CpuFeature = Literal[tuple(CPU_FEATURES)]  # type: ignore[valid-type]
 
 
 class PriceError(ValueError):
@@ -33,6 +53,13 @@ class GpuSpec(_Strict):
     memory_gib: PositiveFloat = Field(description="memory per GPU, GiB")
 
 
+class CpuSpec(_Strict):
+    model: str = Field(min_length=1, description="the CPU the provider puts in this family, e.g. 'Intel Xeon 8488C'")
+    features: list[CpuFeature] = Field(
+        description="which of the INT8/fp32 GEMM features (CPU_FEATURES, /proc/cpuinfo names) the CPU has")
+    source: str = Field(min_length=3, description="where the CPU model and its features come from")
+
+
 class InstancePrice(_Strict):
     instance_type: str = Field(min_length=1, description="provider's instance type, e.g. 'c7i.xlarge'")
     price_usd_per_hour: PositiveFloat = Field(description="price of one instance for one hour, USD")
@@ -45,6 +72,8 @@ class InstancePrice(_Strict):
     cpu_arch: Literal["x86_64", "arm64"] = Field(description="CPU architecture")
     os: Literal["linux", "windows"] = Field("linux", description="operating system the price includes")
     gpu: GpuSpec | None = Field(None, description="accelerator, if any")
+    cpu: CpuSpec | None = Field(None, description="CPU model and features; without it a projection to this "
+                                                  "instance cannot say which features differ")
     burstable: bool = Field(False, description="burstable (credit-based) CPU; sustained load costs extra")
     note: str = Field("", description="anything a reader of the cost must know about this price")
 

@@ -22,7 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.cost import _plots
 from service.cost._doc import Doc
+from service.cost._hardware import feature_names
 from service.cost.capacity import CapacityCell, Measurement, capacity_cells, measurements
+from service.cost.gpu import BreakEven, GpuCapacityError, break_even_x_slo, load_gpu_capacity
 from service.cost.loadtest import LoadTestError, LoadTestResult, load_loadtest
 from service.cost.model import Crossover, Offer, blended_usd_per_million, crossover, split_fleet
 from service.cost.prices import InstancePrice, PriceCatalog, load_prices
@@ -60,6 +62,22 @@ class ReportConfig(_Strict):
     traffic_max_rps: float | None = Field(None, gt=0, description="right end of the fleet-cost plot, req/s")
     shadow_window: str = Field("1h", pattern=r"^\d+[smhdw]$", description="PromQL range for live shadow agreement")
     shadow_metric: str = Field(DEFAULT_SHADOW_METRIC, description="histogram of shadow cosines, label `variant`")
+
+
+class Criteria(_Strict):
+    """What every capacity in the report had to meet, as the load tests recorded it."""
+
+    slo_p99_ms: float = Field(description="client-side p99 latency within which a rate counts, ms")
+    max_error_ratio: float = Field(description="errors must stay below this share of requests")
+    min_achieved_ratio: float = Field(description="answered rate must be at least this share of the offered rate")
+
+
+class CostCell(_Strict):
+    usd_per_million_at_u: float | None
+    usd_per_million_at_u1: float | None
+    projected: bool
+    status: str
+    capacity_rps: float | None
 
 
 class InputFile(_Strict):
@@ -100,6 +118,7 @@ class VariantSummary(_Strict):
     slo_p99_ms: float
     hardware: str
     cpu_count: int
+    cpu_flags: list[str] | None = Field(None, description="GEMM features of the measured CPU; None: not recorded")
     gpu_model: str | None
     instance_type: str | None
     source: str
@@ -170,9 +189,15 @@ class Report(_Strict):
     inputs: list[InputFile]
     utilisation: float
     slo_p99_ms: float
+    criteria: Criteria
     variants: dict[str, VariantSummary]
     prices: list[InstancePrice]
     cells: list[CapacityCell] = Field(description="per variant x instance: $/1M at u and at u = 1, projected or not")
+    usd_per_million: dict[str, dict[str, CostCell]] = Field(
+        description="the cells' cost, by variant then instance: $/1M at u and at u = 1, projected or not")
+    break_even: list[BreakEven] = Field(
+        description="per GPU instance: the dense X_slo needed to match the CPU variant's $/1M (a requirement), "
+                    "beside the measured one when a GPU capacity file gives it")
     fleet: Fleet | None
     bench: BenchSummary | None
     notes: list[str]
@@ -286,7 +311,8 @@ def _variant_summary(result: LoadTestResult, name: str, source: str) -> VariantS
     best = next((s for s in sweep.steps if s.index == sweep.x_slo_step), None)
     return VariantSummary(
         variant=name, x_slo_rps=sweep.x_slo_rps, slo_p99_ms=result.slo.slo_p99_ms,
-        hardware=result.server.description, cpu_count=result.server.cpu_count, gpu_model=result.server.gpu_model,
+        hardware=result.server.description, cpu_count=result.server.cpu_count, cpu_flags=result.server.cpu_flags,
+        gpu_model=result.server.gpu_model,
         instance_type=result.server.instance_type, source=source,
         generator_cpu_cores_at_x_slo=best.generator_cpu_cores if best else None,
         generator_cpu_bound_at_x_slo=best.generator_cpu_bound if best else None,
@@ -371,6 +397,53 @@ def _fleet(cells: Sequence[CapacityCell], config: ReportConfig) -> tuple[Fleet |
     return fleet, {"grid": grid, "curves": curves, "offers": offers}
 
 
+def _break_even(cells: Sequence[CapacityCell], catalog: PriceCatalog, found: Sequence[Measurement],
+                config: ReportConfig) -> list[BreakEven]:
+    """Per GPU instance: dense X_slo needed to match the CPU variant's $/1M on its chosen instance."""
+    ref = _choose(cells, "pruned", config.pruned_instance) if any(c.variant == "pruned" for c in cells) else None
+    u = config.utilisation
+    out = []
+    for price in catalog.instances:
+        if price.gpu is None:
+            continue
+        cell = next((c for c in cells if c.variant == "dense" and c.instance == price.key), None)
+        measured = cell if cell is not None and cell.status in ("measured", "projected") else None
+        m = None
+        if measured is not None:
+            m = next((m for m in found if m.variant == "dense" and m.hardware == measured.measured_on
+                      and m.gpu_model), None)
+        if ref is None or ref.capacity_rps is None:
+            required = None
+            verdict = "no break-even: the CPU variant has no capacity figure on a priced CPU instance"
+        else:
+            required = break_even_x_slo(price.price_usd_per_hour, ref.price_usd_per_hour, ref.capacity_rps)
+            if measured is None or m is None:
+                verdict = (f"required, not measured: dense must serve at least {required:.4g} req/s within the SLO on "
+                           f"one {price.instance_type} ({price.gpu.count}x {price.gpu.model}) to cost no more per "
+                           f"request than pruned on {ref.instance}; no GPU capacity file covers a {price.gpu.model}")
+            else:
+                ratio = measured.capacity_rps / required
+                verdict = (f"measured {measured.capacity_rps:.4g} req/s on {m.gpu_model} ({m.hardware}) vs "
+                           f"{required:.4g} required: dense on {price.instance_type} costs "
+                           + (f"{1 / ratio:.2f}x less" if ratio > 1 else f"{1 / ratio:.2f}x more")
+                           + f" per request than pruned on {ref.instance}")
+        out.append(BreakEven(
+            gpu_instance=price.key, gpu_model=price.gpu.model, gpu_count=price.gpu.count,
+            price_usd_per_hour=price.price_usd_per_hour, required_x_slo_rps=required,
+            reference_variant="pruned", reference_instance=ref.instance if ref else None,
+            reference_price_usd_per_hour=ref.price_usd_per_hour if ref else None,
+            reference_capacity_rps=ref.capacity_rps if ref else None,
+            reference_projected=ref.projected if ref else None,
+            reference_usd_per_million_at_u=ref.usd_per_million_at_u if ref else None,
+            reference_usd_per_million_at_u1=ref.usd_per_million_at_u1 if ref else None,
+            formula=f"X_gpu = price_gpu / price_cpu x X_cpu (both fleets at u = {u:g}, so u cancels; the same "
+                    "holds at u = 1)",
+            measured_x_slo_rps=measured.capacity_rps if m is not None else None,
+            measured_on=f"{m.hardware}: {m.method}" if m is not None else None,
+            measured_source=m.source if m is not None else None, verdict=verdict))
+    return out
+
+
 def build_report(
     *,
     loadtests: Sequence[Path],
@@ -380,6 +453,7 @@ def build_report(
     prometheus_url: str | None = None,
     config: ReportConfig | None = None,
     fetch: Fetch = _http_get,
+    gpu_capacity: Sequence[Path] = (),
 ) -> tuple[Report, dict]:
     """Assemble the report's numbers (no files written). Returns the report and what the plots need."""
     config = config or ReportConfig()
@@ -394,10 +468,21 @@ def build_report(
         except LoadTestError as e:
             raise ReportError(str(e)) from None
         inputs.append(InputFile(kind="loadtest", path=str(p), sha256=_sha256(Path(p))))
-    slos = {r.slo.slo_p99_ms for _, r in results}
-    if len(slos) > 1:
-        raise ReportError(f"the load tests used different SLOs ({sorted(slos)} ms); compare runs with one SLO")
-    slo_p99_ms = slos.pop()
+    gpu_caps = []
+    for p in gpu_capacity:
+        try:
+            gpu_caps.append((Path(p), load_gpu_capacity(p)))
+        except GpuCapacityError as e:
+            raise ReportError(str(e)) from None
+        inputs.append(InputFile(kind="gpu_capacity", path=str(p), sha256=_sha256(Path(p))))
+    crits = {(r.slo.slo_p99_ms, r.slo.max_error_ratio, r.slo.min_achieved_ratio) for _, r in results}
+    crits |= {(g.slo.slo_p99_ms, g.slo.max_error_ratio, g.slo.min_achieved_ratio) for _, g in gpu_caps}
+    if len(crits) > 1:
+        raise ReportError("the capacities were found with different criteria (p99 ms, error ratio, answered share: "
+                          f"{sorted(crits)}); compare runs made with one set")
+    slo_p99_ms, max_error_ratio, min_achieved_ratio = crits.pop()
+    criteria = Criteria(slo_p99_ms=slo_p99_ms, max_error_ratio=max_error_ratio,
+                        min_achieved_ratio=min_achieved_ratio)
 
     found: list[Measurement] = []
     variants: dict[str, VariantSummary] = {}
@@ -407,6 +492,8 @@ def build_report(
             summary = _variant_summary(r, name, str(path))
             if name not in variants:
                 variants[name] = summary
+    for path, g in gpu_caps:
+        found.append(g.measurement(str(path)))
     for name, summary in variants.items():
         summary.other_measurements = [m for m in found if m.variant == name and
                                       (m.source, m.hardware) != (summary.source, summary.hardware)]
@@ -454,14 +541,20 @@ def build_report(
 
     cells = capacity_cells(found, catalog.instances, [v for v in VARIANTS if v in variants], config.utilisation)
     fleet, plot_data = _fleet(cells, config)
+    breaks = _break_even(cells, catalog, found, config)
     if fleet is not None and config.dense_share_source:
         notes.append(f"A/B split: dense share {config.dense_share:g} from {config.dense_share_source}")
     if fleet is None:
         notes.append("fleet cost and crossover need a capacity figure for both variants; missing: "
                      + ", ".join(plot_data["missing"]))
+    per_m: dict[str, dict[str, CostCell]] = {}
+    for c in cells:
+        per_m.setdefault(c.variant, {})[c.instance] = CostCell(
+            usd_per_million_at_u=c.usd_per_million_at_u, usd_per_million_at_u1=c.usd_per_million_at_u1,
+            projected=c.projected, status=c.status, capacity_rps=c.capacity_rps)
     report = Report(created_at=datetime.now(timezone.utc), inputs=inputs, utilisation=config.utilisation,
-                    slo_p99_ms=slo_p99_ms, variants=variants, prices=catalog.instances, cells=cells, fleet=fleet,
-                    bench=bench_summary, notes=notes)
+                    slo_p99_ms=slo_p99_ms, criteria=criteria, variants=variants, prices=catalog.instances, cells=cells,
+                    usd_per_million=per_m, break_even=breaks, fleet=fleet, bench=bench_summary, notes=notes)
     plot_data["results"] = results
     return report, plot_data
 
@@ -475,7 +568,8 @@ def _f(x: float | None, fmt: str = ".3g", none: str = "n/a") -> str:
 
 def _usd(x: float | None, status: str = "not_measured") -> str:
     if x is None:
-        return {"not_applicable": "n/a", "no_capacity": "no capacity within SLO"}.get(status, "not measured")
+        return {"not_applicable": "n/a", "no_capacity": "no capacity within SLO",
+                "not_comparable": "not comparable"}.get(status, "not measured")
     return f"${x:.4g}" if x < 1 else f"${x:,.2f}"
 
 
@@ -521,15 +615,18 @@ def _plots_for(report: Report, data: dict, out_dir: Path) -> dict[str, Path]:
 def _document(report: Report, files: dict[str, Path]) -> Doc:
     u = report.utilisation
     doc = Doc("twinserve cost report")
-    doc.p(f"Generated {report.created_at:%Y-%m-%d %H:%M} UTC. SLO: client-side p99 <= {report.slo_p99_ms:g} ms, errors "
-          f"< 0.1%, achieved rate >= 95% of offered. Cost: `$/1M = price_usd_per_hour x 10^6 / (3600 x u x X_slo)`, "
-          f"u = {u:g} (u = 1 beside it). `report.json` holds every number shown here.")
+    cr = report.criteria
+    doc.p(f"Generated {report.created_at:%Y-%m-%d %H:%M} UTC. Criteria the capacities were found with (as their "
+          f"load tests recorded them): client-side p99 <= {cr.slo_p99_ms:g} ms, errors < {cr.max_error_ratio:.2%}, "
+          f"answered rate >= {cr.min_achieved_ratio:.0%} of offered. Cost: "
+          f"`$/1M = price_usd_per_hour x 10^6 / (3600 x u x X_slo)`, u = {u:g} (u = 1 beside it). `report.json` "
+          "holds every number shown here.")
 
     doc.h("Capacity within the SLO (X_slo)")
-    doc.table(["variant", "X_slo req/s", "measured on", "CPUs", "generator CPU at X_slo", "source"],
+    doc.table(["variant", "X_slo req/s", "measured on", "CPUs", "CPU features", "generator CPU at X_slo", "source"],
               [[v.variant, _f(v.x_slo_rps, ".4g", "no step met the SLO"), v.hardware + (
                   f" ({v.instance_type})" if v.instance_type else "") + (f", GPU {v.gpu_model}" if v.gpu_model else ""),
-                str(v.cpu_count),
+                str(v.cpu_count), "not recorded" if v.cpu_flags is None else (feature_names(v.cpu_flags) or "none"),
                 "n/a" if v.generator_cpu_cores_at_x_slo is None else
                 f"{v.generator_cpu_cores_at_x_slo:.2f} cores" + (" (CPU-bound!)" if v.generator_cpu_bound_at_x_slo
                                                                   else ""), f"`{v.source}`"]
@@ -547,7 +644,9 @@ def _document(report: Report, files: dict[str, Path]) -> Doc:
 
     doc.h("Cost per million requests, variant x instance")
     doc.p(f"At u = {u:g} and at u = 1. **projected** figures were measured on other hardware and carried over by "
-          "the rule shown; **not measured** means no load test covers that hardware, so there is no figure.")
+          "the rule shown, with the CPU features (AMX, AVX-512 VNNI, ...) that differ between the two; **not "
+          "comparable** means the figure was measured on another CPU architecture (x86_64 vs arm64) and is not "
+          "carried over; **not measured** means no load test covers that hardware, so there is no figure.")
     doc.table(["variant", "instance", "$/h", "X_slo req/s", f"$/1M at u={u:g}", "$/1M at u=1", "status",
                "measured on"],
               [[c.variant, c.instance, f"{c.price_usd_per_hour:g}", _f(c.capacity_rps, ".4g", "-"),
@@ -555,6 +654,28 @@ def _document(report: Report, files: dict[str, Path]) -> Doc:
                 c.status.replace("_", " ") + (f": {c.projection_rule}" if c.projection_rule else "")
                 + (f". {c.note}" if c.note else ""), c.measured_on or "-"] for c in report.cells])
     doc.img(files["usd_per_million"], f"$ per 1M requests at u = {u:g}; hatched bars are projections")
+
+    doc.h("GPU break-even (a requirement, not a measurement)")
+    if not report.break_even:
+        doc.p("The price catalog lists no GPU instance.")
+    else:
+        ref = report.break_even[0]
+        if ref.required_x_slo_rps is None:
+            doc.p(ref.verdict + ".")
+        else:
+            doc.p(f"The dense variant's X_slo that each GPU instance needs, within the same criteria, to cost per request "
+                  f"what the pruned variant costs on {ref.reference_instance} "
+                  f"({_f(ref.reference_capacity_rps, '.4g')} req/s"
+                  f"{', projected' if ref.reference_projected else ''}, {_usd(ref.reference_usd_per_million_at_u)} "
+                  f"per 1M at u = {u:g}): `{ref.formula}`. A dense X_slo above the requirement makes the GPU "
+                  "cheaper per request; below it, dearer. Where a GPU capacity file (`make gpu-bench`) measured the "
+                  "dense variant on that GPU model, the measured figure and its hardware stand beside it.")
+        doc.table(["GPU instance", "GPU", "$/h", "required dense X_slo req/s", "measured dense X_slo req/s",
+                   "measured on", "verdict"],
+                  [[b.gpu_instance, f"{b.gpu_count}x {b.gpu_model}", f"{b.price_usd_per_hour:g}",
+                    _f(b.required_x_slo_rps, ".4g") + (" (requirement)" if b.required_x_slo_rps else ""),
+                    _f(b.measured_x_slo_rps, ".4g", "not measured"), b.measured_on or "-", b.verdict]
+                   for b in report.break_even])
 
     doc.h("Fleet cost vs traffic")
     if report.fleet is None:

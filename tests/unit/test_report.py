@@ -50,10 +50,10 @@ def _run(variant: str, spec: list[tuple[float, float, float]], plan: SweepPlan) 
                   pid=1, plan={}, stopped_early=False, multi_share=0.2, max_inputs=8, user_pool=100, steps=steps)
 
 
-def _result(tmp_path: Path, name: str, server: ServerHardware, specs: dict) -> Path:
+def _result(tmp_path: Path, name: str, server: ServerHardware, specs: dict, slo: SloCriteria | None = None) -> Path:
     plan = SweepPlan(rates_rps=sorted({o for spec in specs.values() for o, _, _ in spec}), step_duration_s=12,
                      warmup_s=2)
-    slo = SloCriteria()
+    slo = slo or SloCriteria()
     result = LoadTestResult(
         created_at=datetime.now(timezone.utc), target_url="http://127.0.0.1:8000", locust_version="2.47.0",
         locustfile="loadtests/locustfile.py", generator_hardware=server.description, generator_cpu_count=2,
@@ -134,7 +134,17 @@ def test_report_numbers_equal_inputs_and_files_are_valid(tmp_path):
         d = cells[("dense", gpu)]
         assert d["status"] == "not_measured" and d["usd_per_million_at_u"] is None and d["capacity_rps"] is None
         assert cells[("pruned", gpu)]["status"] == "not_applicable"
-    assert cells[("pruned", "c7g.xlarge")]["cross_arch"] and cells[("pruned", "t4g.xlarge")]["burstable"]
+    assert cells[("pruned", "t4g.xlarge")]["burstable"]
+    for arm in ("c7g.xlarge", "t4g.xlarge"):  # measured on x86_64: not carried to arm64, and said so
+        c = cells[("pruned", arm)]
+        assert c["status"] == "not_comparable" and c["cross_arch"] and c["capacity_rps"] is None
+        assert c["usd_per_million_at_u"] is None and "not comparable" in c["note"]
+    # the same $/1M, keyed by variant then instance, with the projected flag
+    for (v, inst), c in cells.items():
+        m = doc["usd_per_million"][v][inst]
+        assert (m["usd_per_million_at_u"], m["usd_per_million_at_u1"], m["projected"]) == (
+            c["usd_per_million_at_u"], c["usd_per_million_at_u1"], c["projected"])
+    assert doc["criteria"] == {"slo_p99_ms": 100.0, "max_error_ratio": 0.001, "min_achieved_ratio": 0.95}
 
     fleet = doc["fleet"]
     assert fleet["choices"]["pruned"]["instance"] == "c6i.xlarge"  # cheapest like-for-like (not t4g, not arm64)
@@ -166,6 +176,7 @@ def test_report_numbers_equal_inputs_and_files_are_valid(tmp_path):
     for p in pngs:
         assert f"]({p.name})" in md
     assert "not measured" in md and "projected" in md and "Test CPU 3000" in md
+    assert "p99 <= 100 ms, errors < 0.10%, answered rate >= 95% of offered" in md
     assert set(report.files) >= {"markdown", "html", "json"} and files["json"].is_file()
 
 
@@ -279,3 +290,92 @@ def test_cli_report_takes_the_split_from_the_serving_config(tmp_path):
     assert main(["report", "--loadtest", str(lt), "--out-dir", str(out), "--serve-config",
                  str(tmp_path / "serve.yaml"), "--dense-share", "0.6"]) == 0
     assert json.loads((out / "report.json").read_text())["fleet"]["dense_share"] == 0.6
+
+
+def test_break_even_per_gpu_instance_is_a_requirement_from_the_cpu_figure(tmp_path):
+    lt = _result(tmp_path, "lt.json", CPU_BOX, CPU_SPECS)
+    report, data = build_report(loadtests=[lt], prices=PRICES, config=ReportConfig(utilisation=0.7))
+    catalog = load_prices(PRICES)
+    gpus = [p for p in catalog.instances if p.gpu is not None]
+    assert [b.gpu_instance for b in report.break_even] == [p.key for p in gpus]
+    ref = _cell(report, "pruned", "c6i.xlarge")  # the pruned fleet's choice: cheapest like-for-like
+    assert report.fleet.choices["pruned"].instance == ref.instance
+    for b, p in zip(report.break_even, gpus, strict=True):
+        assert b.kind == "requirement" and b.measured_x_slo_rps is None and b.measured_on is None
+        assert b.reference_instance == "c6i.xlarge" and b.reference_projected is True
+        assert b.required_x_slo_rps == pytest.approx(p.price_usd_per_hour / 0.17 * ref.capacity_rps)
+        # at the requirement, dense on the GPU costs per request exactly what pruned costs, at u and at u = 1
+        for u in (0.7, 1.0):
+            gpu_cost = p.price_usd_per_hour * 1e6 / (3600 * u * b.required_x_slo_rps)
+            cpu_cost = ref.usd_per_million_at_u if u == 0.7 else ref.usd_per_million_at_u1
+            assert gpu_cost == pytest.approx(cpu_cost)
+        assert "required, not measured" in b.verdict
+    write_report(report, data, tmp_path / "r")
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "GPU break-even (a requirement, not a measurement)" in md and "(requirement)" in md
+    doc = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert doc["break_even"][0]["required_x_slo_rps"] == pytest.approx(report.break_even[0].required_x_slo_rps)
+
+
+def test_gpu_capacity_file_is_used_and_labelled_with_its_hardware(tmp_path):
+    from service.cost.gpu import gpu_capacity_from_loadtest, load_gpu_capacity
+    from service.cost.loadtest import load_loadtest
+
+    cpu = _result(tmp_path, "cpu.json", CPU_BOX, CPU_SPECS)
+    box = T4_BOX.model_copy(update={"cpu_flags": ["avx2", "avx512f", "avx512_vnni"]})
+    sweep = _result(tmp_path, "gpu-sweep.json", box, {"dense": [(100, 100.0, 20), (200, 199.0, 60), (400, 300.0, 500)]})
+    cap = gpu_capacity_from_loadtest(load_loadtest(sweep), sweep)
+    path = tmp_path / "capacity.json"
+    path.write_text(cap.model_dump_json(indent=2))
+    assert load_gpu_capacity(path).x_slo_rps == pytest.approx(199.0)
+
+    report, data = build_report(loadtests=[cpu], prices=PRICES, gpu_capacity=[path])
+    g4 = _cell(report, "dense", "g4dn.xlarge")
+    assert g4.status == "measured" and g4.capacity_rps == pytest.approx(199.0) and g4.measured_on == box.description
+    assert g4.measured_cpu_flags == ["avx2", "avx512f", "avx512_vnni"]
+    be = {b.gpu_instance: b for b in report.break_even}
+    assert be["g4dn.xlarge"].measured_x_slo_rps == pytest.approx(199.0)
+    assert box.description in be["g4dn.xlarge"].measured_on and "Locust step sweep" in be["g4dn.xlarge"].measured_on
+    ratio = 199.0 / be["g4dn.xlarge"].required_x_slo_rps
+    assert (f"{1 / ratio:.2f}x less" if ratio > 1 else f"{1 / ratio:.2f}x more") in be["g4dn.xlarge"].verdict
+    assert be["g5.xlarge"].measured_x_slo_rps is None  # an A10G is not a T4: still only the requirement
+    assert any(i.kind == "gpu_capacity" for i in report.inputs)
+    write_report(report, data, tmp_path / "r")
+    assert "g4dn.xlarge, NVIDIA T4" in (tmp_path / "r" / "report.md").read_text()
+
+    cpu_only = _result(tmp_path, "cpu-only.json", CPU_BOX, {"dense": [(10, 10.0, 10)]})
+    from service.cost.gpu import GpuCapacityError
+    with pytest.raises(GpuCapacityError, match="named no GPU"):
+        gpu_capacity_from_loadtest(load_loadtest(cpu_only), cpu_only)
+    (tmp_path / "junk.json").write_text("{}")
+    with pytest.raises(ReportError, match="not a twinserve GPU capacity file"):
+        build_report(loadtests=[cpu], prices=PRICES, gpu_capacity=[tmp_path / "junk.json"])
+
+
+def test_report_states_the_criteria_its_data_used(tmp_path):
+    slo = SloCriteria(slo_p99_ms=250, max_error_ratio=0.01, min_achieved_ratio=0.9)
+    lt = _result(tmp_path, "lt.json", CPU_BOX, CPU_SPECS, slo=slo)
+    report, data = build_report(loadtests=[lt], prices=PRICES)
+    assert report.criteria.model_dump() == {"slo_p99_ms": 250, "max_error_ratio": 0.01, "min_achieved_ratio": 0.9}
+    write_report(report, data, tmp_path / "r")
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "p99 <= 250 ms, errors < 1.00%, answered rate >= 90% of offered" in md
+    assert "0.10%" not in md.split("\n\n")[1]
+    other = _result(tmp_path, "other.json", CPU_BOX, CPU_SPECS, slo=SloCriteria(slo_p99_ms=250, max_error_ratio=0.001))
+    with pytest.raises(ReportError, match="different criteria"):
+        build_report(loadtests=[lt, other], prices=PRICES)
+
+
+def test_cli_report_reads_a_gpu_capacity_file(tmp_path, capsys):
+    from service.cost.gpu import gpu_capacity_from_loadtest
+    from service.cost.loadtest import load_loadtest
+
+    lt = _result(tmp_path, "lt.json", CPU_BOX, CPU_SPECS)
+    sweep = _result(tmp_path, "gpu.json", T4_BOX, {"dense": [(100, 100.0, 20)]})
+    cap = tmp_path / "capacity.json"
+    cap.write_text(gpu_capacity_from_loadtest(load_loadtest(sweep), sweep).model_dump_json())
+    out = tmp_path / "rep"
+    assert main(["report", "--loadtest", str(lt), "--gpu-capacity", str(cap), "--out-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "break-even g4dn.xlarge: measured 100 req/s" in printed
+    assert "break-even g5.xlarge: required, not measured" in printed

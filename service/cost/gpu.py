@@ -1,0 +1,150 @@
+"""The GPU capacity file (``results/gpu/capacity.json``) and the GPU break-even.
+
+No GPU is lent to this project's machines, so the dense variant's X_slo on a GPU is either measured by
+someone who has one (``make gpu-bench``: ``scripts/gpu_bench.py`` serves the artifacts with the dense
+variant on the GPU, finds its X_slo and writes this file), or it is not known. The report then gives,
+for every GPU instance in the price catalog, the **break-even X_slo**: the capacity the dense variant
+would need on that instance to cost, per request, what the measured CPU variant costs. It is a
+requirement, not a measurement, and is labelled so.
+
+Break-even, with both fleets run at the same utilisation u (u cancels)::
+
+    price_gpu x 10^6 / (3600 u X_gpu) = price_cpu x 10^6 / (3600 u X_cpu)   =>   X_gpu = price_gpu / price_cpu x X_cpu
+
+(were the fleets run at different utilisations, X_gpu = price_gpu / price_cpu x X_cpu x u_cpu / u_gpu).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+
+from service.cost.capacity import Measurement, normalise_arch
+from service.cost.loadtest import LoadTestResult, SloCriteria
+
+__all__ = [
+    "DEFAULT_GPU_CAPACITY",
+    "BreakEven",
+    "GpuCapacity",
+    "GpuCapacityError",
+    "break_even_x_slo",
+    "gpu_capacity_from_loadtest",
+    "load_gpu_capacity",
+]
+
+DEFAULT_GPU_CAPACITY = Path("results") / "gpu" / "capacity.json"
+
+
+class GpuCapacityError(ValueError):
+    """A GPU capacity file is missing, unreadable or not one."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GpuCapacity(_Strict):
+    """X_slo of the dense variant on one GPU machine, with the hardware and the measurement behind it."""
+
+    schema_version: Literal[1] = 1
+    kind: Literal["twinserve-gpu-capacity"] = "twinserve-gpu-capacity"
+    created_at: datetime
+    variant: Literal["dense"] = "dense"
+    x_slo_rps: float | None = Field(description="dense X_slo on this GPU machine, req/s; None: no rate met the SLO")
+    slo: SloCriteria = Field(description="the criteria X_slo was found with (must equal the CPU figures')")
+    gpu_model: str = Field(min_length=1, description="GPU the dense variant ran on, as nvidia-smi names it")
+    gpu_count: PositiveInt = Field(1, description="GPUs the dense deployment used")
+    instance_type: str | None = Field(None, description="cloud instance type, when the machine was one")
+    hardware: str = Field(min_length=1, description="the machine: CPU model and GPU")
+    cpu_count: PositiveInt
+    cpu_arch: str
+    cpu_flags: list[str] | None = Field(description="GEMM features of the host CPU (/proc/cpuinfo names)")
+    method: str = Field(min_length=1, description="how X_slo was found (tool, rates, durations)")
+    measurement_file: str | None = Field(None, description="the full measurement this figure comes from")
+    measurement_sha256: str | None = None
+    shares_machine_with_generator: bool = Field(
+        description="the load generator ran on the GPU machine and took CPU from the server")
+    notes: list[str] = Field(default_factory=list)
+
+    def measurement(self, source: str) -> Measurement:
+        return Measurement(
+            variant="dense", x_slo_rps=self.x_slo_rps, slo_p99_ms=self.slo.slo_p99_ms, hardware=self.hardware,
+            cpu_count=self.cpu_count, cpu_arch=normalise_arch(self.cpu_arch), gpu_model=self.gpu_model,
+            instance_type=self.instance_type, cpu_flags=self.cpu_flags,
+            shares_machine_with_generator=self.shares_machine_with_generator, source=source, method=self.method)
+
+
+def load_gpu_capacity(path: str | Path) -> GpuCapacity:
+    path = Path(path)
+    try:
+        return GpuCapacity.model_validate_json(path.read_text())
+    except FileNotFoundError:
+        raise GpuCapacityError(f"GPU capacity file {path} not found: `make gpu-bench` on a GPU machine writes "
+                               "one") from None
+    except (ValidationError, ValueError) as e:
+        raise GpuCapacityError(f"{path} is not a twinserve GPU capacity file: {e}") from None
+
+
+def gpu_capacity_from_loadtest(result: LoadTestResult, path: str | Path, *, gpu_count: int = 1,
+                               method: str | None = None) -> GpuCapacity:
+    """The dense sweep of a load test run against a server whose dense variant was on a GPU."""
+    sweep = result.variant("dense")
+    if sweep is None:
+        raise GpuCapacityError(f"{path} has no dense sweep (variants: {[v.variant for v in result.variants]})")
+    s = result.server
+    if not s.gpu_model:
+        raise GpuCapacityError(f"{path}: the server named no GPU (server.gpu_model is empty): not a GPU measurement")
+    raw = Path(path).read_bytes()
+    rates = ", ".join(f"{r:g}" for r in result.plan.rates_rps)
+    return GpuCapacity(
+        created_at=result.created_at, x_slo_rps=sweep.x_slo_rps, slo=result.slo, gpu_model=s.gpu_model,
+        gpu_count=gpu_count, instance_type=s.instance_type, hardware=s.description, cpu_count=s.cpu_count,
+        cpu_arch=s.cpu_arch, cpu_flags=s.cpu_flags,
+        method=method or f"Locust step sweep pinned to dense (X-Variant), {rates} req/s, "
+                         f"{result.plan.step_duration_s:g} s steps",
+        measurement_file=str(path), measurement_sha256=hashlib.sha256(raw).hexdigest(),
+        shares_machine_with_generator=s.shares_machine_with_generator, notes=list(sweep.notes) + list(result.notes))
+
+
+class BreakEven(_Strict):
+    """What the dense variant must reach on one GPU instance to match the CPU variant's cost per request."""
+
+    gpu_instance: str
+    gpu_model: str
+    gpu_count: int
+    price_usd_per_hour: float
+    kind: Literal["requirement"] = Field("requirement", description="a required capacity, not a measurement")
+    required_x_slo_rps: float | None = Field(
+        description="dense X_slo on this instance at which its $/1M equals the reference's, req/s")
+    reference_variant: str
+    reference_instance: str | None
+    reference_price_usd_per_hour: float | None
+    reference_capacity_rps: float | None
+    reference_projected: bool | None
+    reference_usd_per_million_at_u: float | None
+    reference_usd_per_million_at_u1: float | None
+    formula: str
+    measured_x_slo_rps: float | None = Field(None, description="dense X_slo measured on this GPU model, if any")
+    measured_on: str | None = Field(None, description="the GPU machine and how it was measured")
+    measured_source: str | None = None
+    verdict: str
+
+
+def break_even_x_slo(price_gpu_usd_per_hour: float, price_cpu_usd_per_hour: float, x_slo_cpu_rps: float,
+                     utilisation_gpu: float = 1.0, utilisation_cpu: float = 1.0) -> float:
+    """Dense X_slo at which a GPU instance costs per request what the CPU instance does.
+
+    ``price_gpu / price_cpu x X_cpu x u_cpu / u_gpu``; with one u for both fleets, u cancels.
+    """
+    for name, v in (("price_gpu_usd_per_hour", price_gpu_usd_per_hour),
+                    ("price_cpu_usd_per_hour", price_cpu_usd_per_hour), ("x_slo_cpu_rps", x_slo_cpu_rps)):
+        if not v > 0:
+            raise ValueError(f"{name} must be > 0, got {v}")
+    for name, u in (("utilisation_gpu", utilisation_gpu), ("utilisation_cpu", utilisation_cpu)):
+        if not 0 < u <= 1:
+            raise ValueError(f"{name} must be in (0, 1], got {u}")
+    return price_gpu_usd_per_hour / price_cpu_usd_per_hour * x_slo_cpu_rps * utilisation_cpu / utilisation_gpu
