@@ -1,8 +1,10 @@
 """Reliability scenarios against a running twinserve: overload, replica failure, soak.
 
-Load here is open-loop: requests leave on a fixed schedule whatever the server answers. A
-closed-loop client (Locust's users wait for each answer) slows down with the server and so
-never offers more than it can take; overload has to be offered, not asked for.
+Load here is open-loop (``service.loadgen``, the generator the capacity search and the peer
+benchmark use too): requests leave on a fixed schedule whatever the server answers, and latency
+is timed from the scheduled send. A closed-loop client (Locust's users wait for each answer)
+slows down with the server and so never offers more than it can take; overload has to be
+offered, not asked for.
 
 Each scenario returns a pydantic summary with its verdicts (``passed`` and the reasons when
 not), written as JSON by ``twinserve reliability``. The CI-sized integration tests call the same
@@ -16,7 +18,6 @@ node the scenario is started on).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import statistics
@@ -25,15 +26,15 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
-import aiohttp
 import httpx
 import psutil
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from service._net import metric_sum
+from service.loadgen import TEXTS, Answer, LoadSummary, drive, summarise
 
 __all__ = [
     "SCENARIOS",
@@ -54,112 +55,6 @@ __all__ = [
 ]
 
 APP = "twinserve"
-TEXTS = (
-    "Where is my parcel? It was due on Tuesday.",
-    "The battery lasts two days, which is more than I expected.",
-    "How do I reset my password?",
-    "Great little cafe, friendly staff, slow service at lunch.",
-    "Can I change the delivery address after ordering?",
-    "The screen cracked after a week; I want a replacement.",
-)
-
-
-# ---- open-loop load ---------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Answer:
-    sent_s: float  # when the request left, seconds since the load started
-    latency_s: float
-    status: int  # HTTP status; 0 when no HTTP answer came (refused, reset, client timeout)
-    variant: str
-    reason: str
-    retry_after: bool
-
-
-async def _drive(url: str, rate_rps: float, duration_s: float, headers: dict[str, str], body: Callable[[int], dict],
-                 timeout_s: float) -> list[Answer]:
-    # aiohttp, not httpx: on the 2 cores the server shares, httpx's client cost 1.4-1.5 ms of CPU
-    # per request against aiohttp's 0.6-0.8 (measured side by side at 150 req/s), CPU taken
-    # from the service under test and latency added to every answer the generator times.
-    answers: list[Answer] = []
-    endpoint = f"{url.rstrip('/')}/v1/embeddings"
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1024),
-                                    timeout=aiohttp.ClientTimeout(total=timeout_s))
-    async with session as http:
-        async def one(i: int, t0: float) -> None:
-            sent = time.perf_counter()
-            try:
-                async with http.post(endpoint, json=body(i), headers=headers) as r:
-                    await r.read()
-            except (aiohttp.ClientError, TimeoutError):
-                answers.append(Answer(sent - t0, time.perf_counter() - sent, 0, "none", "none", False))
-                return
-            answers.append(Answer(sent - t0, time.perf_counter() - sent, r.status,
-                                  r.headers.get("x-variant", "none"), r.headers.get("x-route-reason", "none"),
-                                  "retry-after" in r.headers))
-
-        t0 = time.perf_counter()
-        tasks, n = [], int(rate_rps * duration_s)
-        for i in range(n):
-            delay = t0 + i / rate_rps - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(i, t0)))
-        await asyncio.gather(*tasks)
-    return sorted(answers, key=lambda a: a.sent_s)
-
-
-def drive(url: str, rate_rps: float, duration_s: float, *, variant: str | None = None, users: int = 0,
-          timeout_s: float = 30.0) -> list[Answer]:
-    """Send ``rate_rps`` single-text requests for ``duration_s`` on a fixed schedule; every answer.
-
-    ``variant`` pins the variant (``X-Variant``); ``users`` > 0 spreads requests over that many
-    sticky user ids; otherwise requests are routed by weight.
-    """
-    headers = {"X-Variant": variant} if variant else {}
-
-    def body(i: int) -> dict:
-        b = {"input": TEXTS[i % len(TEXTS)], "encoding_format": "base64"}
-        if users:
-            b["user"] = f"user-{i % users}"
-        return b
-
-    return asyncio.run(_drive(url, rate_rps, duration_s, headers, body, timeout_s))
-
-
-class LoadSummary(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    offered_rps: float
-    duration_s: float
-    sent: int
-    ok: int
-    shed: int  # 429 or 503: the service said "not now"
-    failed: int  # anything else: no answer, another 5xx, an unexpected 4xx
-    shed_without_retry_after: int
-    by_status: dict[str, int]
-    by_route: dict[str, int]  # "variant/reason" of answered requests
-    ok_p50_ms: float | None
-    ok_p99_ms: float | None
-
-    @property
-    def failure_ratio(self) -> float:
-        return self.failed / self.sent if self.sent else 0.0
-
-
-def summarise(answers: Sequence[Answer], offered_rps: float, duration_s: float) -> LoadSummary:
-    from service.cost.loadtest import percentile  # nearest rank: the same percentiles as the load tests
-
-    ok = sorted(a.latency_s * 1000 for a in answers if a.status == 200)
-    shed = [a for a in answers if a.status in (429, 503)]
-    return LoadSummary(
-        offered_rps=offered_rps, duration_s=duration_s, sent=len(answers), ok=len(ok), shed=len(shed),
-        failed=sum(1 for a in answers if a.status not in (200, 429, 503)),
-        shed_without_retry_after=sum(1 for a in shed if not a.retry_after),
-        by_status={str(k): v for k, v in sorted(Counter(a.status for a in answers).items())},
-        by_route={k: v for k, v in sorted(Counter(f"{a.variant}/{a.reason}" for a in answers
-                                                  if a.status == 200).items())},
-        ok_p50_ms=percentile(ok, 50) if ok else None, ok_p99_ms=percentile(ok, 99) if ok else None)
 
 
 # ---- replica processes ------------------------------------------------------------------------------
@@ -213,7 +108,7 @@ class _RssSampler:
             self.samples.append({d: _rss_mb(p) for d, p in serve_pids(self._app).items()})
             self._stop.wait(self._period)
 
-    def __enter__(self) -> _RssSampler:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -461,7 +356,7 @@ def run_reliability(*, out_dir: Path = Path("results") / "reliability", artifact
     """
     import json
     import secrets
-    from datetime import datetime, timezone
+    from datetime import UTC, datetime
 
     from service._net import free_port
     from service.bench import hardware_description
@@ -471,7 +366,7 @@ def run_reliability(*, out_dir: Path = Path("results") / "reliability", artifact
     out_dir.mkdir(parents=True, exist_ok=True)
     art = ensure_artifacts(artifacts, None, say)
     slo = SloCriteria()
-    summary: dict = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    summary: dict = {"created_at": datetime.now(UTC).isoformat(timespec="seconds"),
                      "hardware": hardware_description(), "artifacts": str(art.resolve()),
                      "slo_p99_ms": slo.slo_p99_ms, "scenarios": {}}
 
