@@ -1,0 +1,405 @@
+"""Capacity by search: X_slo, the highest offered rate a server carries within the SLO.
+
+The method of Hugging Face's "1 billion classifications" study: an exponential ramp of the
+offered rate until a probe fails, then a binary search between the highest rate that passed
+and the lowest that failed, then a repeat of the winner. Each probe is one open-loop run
+(``service.loadgen``) long enough for its p99 to mean something: at least
+``min_requests`` requests or ``min_duration_s`` seconds, whichever comes first (never less
+than ``min_window_s``), after a ``warmup_s`` that is sent but not counted.
+
+A probe passes when, over its window,
+
+* p99 of the answered (200) requests, timed from the scheduled send, is <= the SLO,
+* errors (anything but 200, including no answer) are under ``max_error_ratio``, and
+* the server answered (200, completed inside the window) >= ``min_achieved_ratio`` of the
+  offered rate: a server that falls behind is saturated even while its p99 still looks fine.
+
+X_slo is the highest passing rate whose repeat also passed. When the repeat fails, the rate is
+reported as noisy and the next lower passing rate is repeated instead (a few at most). The
+failure just above X_slo is repeated too: when it passes, it is reported as noisy (X_slo may be
+higher). A rate that passed above one that failed is reported as non-monotone. Every probe, repeats included,
+is in the result, so both runs of a noisy rate are there to read. The search stops starting
+probes when its time budget (``max_total_s``) would be passed, keeping room for the repeat.
+
+:func:`search_capacity` is the search alone, a pure function over a probe (tested with fake
+probes); :func:`http_probe` makes the real probe; :func:`find_capacity` joins them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt
+
+from service.loadgen import SHAPES, Answer, RequestShape, embedding_bodies, open_loop, percentile
+
+__all__ = [
+    "LatencyPercentiles",
+    "Phase",
+    "Probe",
+    "ProbeResult",
+    "SearchPlan",
+    "SearchResult",
+    "SloCriteria",
+    "find_capacity",
+    "http_probe",
+    "plot_searches",
+    "probe_result",
+    "probe_verdict",
+    "search_capacity",
+]
+
+Phase = Literal["ramp", "bisect", "confirm"]
+Probe = Callable[[float, Phase], "ProbeResult"]
+
+
+class SloCriteria(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    slo_p99_ms: PositiveFloat = Field(100.0, description="client-side p99 latency a probe must stay within, ms")
+    max_error_ratio: float = Field(0.001, gt=0, le=1, description="errors must be below this share of requests")
+    min_achieved_ratio: float = Field(
+        0.95, gt=0, le=1, description="answered/offered rate at or above which a probe is not saturated")
+
+
+class SearchPlan(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    start_rps: PositiveFloat = Field(8.0, description="first offered rate of the ramp, req/s")
+    growth: float = Field(2.0, gt=1, description="ramp factor between probes (down as well as up)")
+    max_rps: PositiveFloat = Field(4096.0, description="the ramp stops here; X_slo is then a lower bound, req/s")
+    min_rps: PositiveFloat = Field(0.5, description="the downward ramp gives up below this rate, req/s")
+    resolution: float = Field(0.05, gt=0, lt=1,
+                              description="binary search stops when (lowest failing - highest passing) / highest "
+                                          "passing is at most this")
+    min_requests: PositiveInt = Field(1000, description="a probe's window holds at least this many requests ...")
+    min_duration_s: PositiveFloat = Field(20.0, description="... or lasts this long, whichever comes first, s")
+    min_window_s: PositiveFloat = Field(5.0, description="but never shorter than this, s")
+    warmup_s: NonNegativeFloat = Field(2.0, description="sent at the probe's rate before its window, not counted, s")
+    timeout_s: PositiveFloat = Field(10.0, description="client timeout per request (then counted as no answer), s")
+    pause_s: NonNegativeFloat = Field(1.0, description="idle gap after each probe, s")
+    max_confirm: PositiveInt = Field(3, description="most rates repeated to confirm X_slo")
+    max_total_s: PositiveFloat = Field(300.0, description="time budget of the whole search, s")
+
+    def window_s(self, rate_rps: float) -> float:
+        """Length of a probe's measured window at ``rate_rps``."""
+        return max(self.min_window_s, min(self.min_requests / rate_rps, self.min_duration_s))
+
+    def probe_s(self, rate_rps: float) -> float:
+        """Expected wall time of one probe (a passing one: the server keeps up)."""
+        return self.warmup_s + self.window_s(rate_rps) + self.pause_s
+
+
+class LatencyPercentiles(BaseModel):
+    """Latency of answered (200) requests from their scheduled send time, nearest rank, ms."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    mean_ms: float
+
+
+class ProbeResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    phase: Phase
+    offered_rps: float
+    window_s: float = Field(description="measured part of the probe (after warm-up), s")
+    warmup_s: float
+    sent: int = Field(description="requests scheduled inside the window")
+    ok: int = Field(description="of those, answered 200")
+    errors: int = Field(description="of those, anything but 200 (no answer: status 0)")
+    error_ratio: float
+    answered_rps: float = Field(description="200 answers completed inside the window, per second")
+    achieved_ratio: float = Field(description="answered_rps / offered_rps")
+    latency: LatencyPercentiles | None = Field(description="None when nothing was answered")
+    status_counts: dict[str, int]
+    texts_per_request_mean: float
+    send_lag_p99_ms: float = Field(description="how late the generator sent, p99: its own health")
+    generator_cpu_cores: float = Field(description="process CPU of the generator over the probe, cores")
+    wall_s: float = Field(description="the probe's wall time, warm-up, drain and pause included")
+    passed: bool
+    reasons: list[str] = Field(description="why the probe failed; empty when it passed")
+
+
+class SearchResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    criteria: SloCriteria
+    plan: SearchPlan
+    status: Literal["confirmed", "none", "unconfirmed", "budget"] = Field(
+        description="confirmed: X_slo passed twice; none: no rate passed; unconfirmed: no passing rate passed "
+                    "its repeat; budget: time ran out before a repeat")
+    x_slo_rps: float | None = Field(description="highest rate that passed and passed its repeat, req/s")
+    lower_bound: bool = Field(description="every probe up to max_rps passed: X_slo is at least this")
+    best_single_pass_rps: float | None = Field(description="highest rate that passed once, req/s")
+    max_answered_rps: float = Field(description="most 200 answers per second in any probe, SLO or not")
+    non_monotone: bool = Field(description="some rate passed above a rate that failed")
+    noisy_rps: list[float] = Field(description="rates that both passed and failed")
+    notes: list[str]
+    elapsed_s: float = Field(description="sum of the probes' wall times, s")
+    probes: list[ProbeResult] = Field(description="every probe in the order run, repeats included")
+
+
+# ---- one probe: pure summary of the answers ---------------------------------------------------------
+
+def probe_verdict(*, offered_rps: float, answered_rps: float, p99_ms: float | None, error_ratio: float,
+                  criteria: SloCriteria) -> list[str]:
+    """Why a probe does not count towards X_slo; empty when it passes."""
+    reasons = []
+    if p99_ms is None:
+        reasons.append("nothing was answered")
+    elif p99_ms > criteria.slo_p99_ms:
+        reasons.append(f"p99 {p99_ms:.1f} ms > SLO {criteria.slo_p99_ms:g} ms")
+    if error_ratio >= criteria.max_error_ratio:
+        reasons.append(f"errors {error_ratio:.2%} >= {criteria.max_error_ratio:.2%}")
+    if answered_rps < criteria.min_achieved_ratio * offered_rps:
+        reasons.append(f"answered {answered_rps:.1f} req/s < {criteria.min_achieved_ratio:.0%} of "
+                       f"{offered_rps:.1f} offered")
+    return reasons
+
+
+def probe_result(answers: Sequence[Answer], *, offered_rps: float, warmup_s: float, window_s: float,
+                 criteria: SloCriteria, phase: Phase, generator_cpu_cores: float = 0.0,
+                 wall_s: float = 0.0) -> ProbeResult:
+    """Summarise the answers scheduled in [warmup_s, warmup_s + window_s) and judge them."""
+    end = warmup_s + window_s
+    mine = [a for a in answers if warmup_s <= a.scheduled_s < end]
+    ok = [a.latency_s * 1000 for a in mine if a.status == 200]
+    errors = len(mine) - len(ok)
+    error_ratio = errors / len(mine) if mine else 0.0
+    answered = sum(1 for a in answers if a.status == 200 and warmup_s <= a.done_s < end)
+    answered_rps = answered / window_s
+    latency = None
+    if ok:
+        latency = LatencyPercentiles(p50_ms=percentile(ok, 50), p90_ms=percentile(ok, 90),
+                                     p99_ms=percentile(ok, 99), max_ms=max(ok), mean_ms=sum(ok) / len(ok))
+    status: dict[str, int] = {}
+    for a in mine:
+        status[str(a.status)] = status.get(str(a.status), 0) + 1
+    reasons = probe_verdict(offered_rps=offered_rps, answered_rps=answered_rps,
+                            p99_ms=latency.p99_ms if latency else None, error_ratio=error_ratio, criteria=criteria)
+    return ProbeResult(
+        phase=phase, offered_rps=offered_rps, window_s=window_s, warmup_s=warmup_s, sent=len(mine), ok=len(ok),
+        errors=errors, error_ratio=error_ratio, answered_rps=answered_rps, achieved_ratio=answered_rps / offered_rps,
+        latency=latency, status_counts=dict(sorted(status.items())),
+        texts_per_request_mean=sum(a.texts for a in mine) / len(mine) if mine else 0.0,
+        send_lag_p99_ms=percentile([a.lag_s * 1000 for a in mine], 99) if mine else 0.0,
+        generator_cpu_cores=generator_cpu_cores, wall_s=wall_s, passed=not reasons, reasons=reasons)
+
+
+# ---- the search: a pure function over a probe -------------------------------------------------------
+
+def search_capacity(probe: Probe, plan: SearchPlan, criteria: SloCriteria | None = None) -> SearchResult:
+    """Ramp, bisect, confirm; ``probe(rate_rps, phase)`` runs (or fakes) one probe.
+
+    Time is counted from the probes' own ``wall_s``, so the search is a pure function of what
+    the probes return.
+    """
+    criteria = criteria or SloCriteria()
+    probes: list[ProbeResult] = []
+    notes: list[str] = []
+    spent = 0.0
+
+    def fits(*rates: float) -> bool:
+        return spent + sum(plan.probe_s(r) for r in rates) <= plan.max_total_s
+
+    def run(rate: float, phase: Phase) -> bool:
+        nonlocal spent
+        p = probe(rate, phase)
+        probes.append(p)
+        spent += p.wall_s
+        return p.passed
+
+    lo: float | None = None  # highest rate that passed
+    hi: float | None = None  # lowest rate that failed (above lo)
+    out_of_time = False
+    capped = False
+
+    # 1. Exponential ramp, up from start_rps while probes pass; down when the first fails.
+    rate = min(plan.start_rps, plan.max_rps)
+    if not fits(rate, rate):
+        out_of_time = True
+    elif run(rate, "ramp"):
+        lo = rate
+        while True:
+            nxt = rate * plan.growth
+            if nxt > plan.max_rps:
+                if rate < plan.max_rps:
+                    nxt = plan.max_rps
+                else:
+                    capped = True
+                    break
+            if not fits(nxt, nxt):
+                out_of_time = True
+                break
+            if run(nxt, "ramp"):
+                lo = rate = nxt
+            else:
+                hi = nxt
+                break
+    else:
+        hi = rate
+        while True:
+            nxt = rate / plan.growth
+            if nxt < plan.min_rps:
+                break
+            if not fits(nxt, nxt):
+                out_of_time = True
+                break
+            if run(nxt, "ramp"):
+                lo = nxt
+                break
+            hi = rate = nxt
+
+    # 2. Binary search between the highest pass and the lowest failure.
+    while lo is not None and hi is not None and (hi - lo) / lo > plan.resolution:
+        mid = (lo + hi) / 2
+        if not fits(mid, mid):  # keep room for the repeat
+            out_of_time = True
+            notes.append(f"binary search stopped by the time budget at [{lo:.4g}, {hi:.4g}] req/s")
+            break
+        if run(mid, "bisect"):
+            lo = mid
+        else:
+            hi = mid
+
+    # 3. Confirm: repeat the highest pass; when the repeat fails, the next lower pass.
+    x_slo = None
+    tried = 0
+    if lo is not None:
+        candidates = sorted({p.offered_rps for p in probes if p.passed and p.offered_rps <= lo}, reverse=True)
+        for rate in candidates:
+            if tried == plan.max_confirm:
+                notes.append(f"gave up confirming after {tried} repeats failed")
+                break
+            if not fits(rate):
+                out_of_time = True
+                notes.append(f"no time left to repeat {rate:.4g} req/s")
+                break
+            tried += 1
+            if run(rate, "confirm"):
+                x_slo = rate
+                break
+            notes.append(f"{rate:.4g} req/s passed once and failed its repeat: noisy")
+    # ... and repeat the failure that bounded it: one noisy failure must not pass for a limit.
+    if x_slo is not None and hi is not None:
+        if fits(hi):
+            if run(hi, "confirm"):
+                notes.append(f"{hi:.4g} req/s failed once and passed its repeat: noisy, X_slo may be higher")
+        else:
+            notes.append(f"no time left to repeat the failure at {hi:.4g} req/s")
+
+    passed_rates = [p.offered_rps for p in probes if p.passed]
+    failed_rates = [p.offered_rps for p in probes if not p.passed]
+    noisy = sorted(set(passed_rates) & set(failed_rates))
+    inverted = [f for f in failed_rates if any(s > f for s in passed_rates)]
+    if inverted:
+        f = min(inverted)
+        notes.append(f"non-monotone: {max(passed_rates):.4g} req/s passed but {f:.4g} req/s failed")
+    if capped:
+        notes.append(f"every rate up to max_rps ({plan.max_rps:g} req/s) passed: X_slo is a lower bound")
+    if x_slo is not None:
+        status = "confirmed"
+    elif not passed_rates:
+        status = "budget" if out_of_time else "none"
+    else:
+        status = "budget" if out_of_time and tried == 0 else "unconfirmed"
+    return SearchResult(
+        criteria=criteria, plan=plan, status=status, x_slo_rps=x_slo, lower_bound=capped and x_slo == plan.max_rps,
+        best_single_pass_rps=max(passed_rates) if passed_rates else None,
+        max_answered_rps=max((p.answered_rps for p in probes), default=0.0),
+        non_monotone=bool(inverted), noisy_rps=noisy, notes=notes, elapsed_s=spent, probes=probes)
+
+
+# ---- the real probe ---------------------------------------------------------------------------------
+
+def http_probe(url: str, *, shape: RequestShape = SHAPES["1"], plan: SearchPlan | None = None,
+               criteria: SloCriteria | None = None, headers: Mapping[str, str] | None = None,
+               model: str | None = None, encoding_format: str | None = "base64", seed: int = 0,
+               on_probe: Callable[[ProbeResult], None] | None = None) -> Probe:
+    """A probe that offers ``POST url`` (an OpenAI ``/embeddings`` endpoint on loopback) requests
+    of ``shape`` at the asked rate for ``plan.warmup_s + plan.window_s(rate)``."""
+    plan = plan or SearchPlan()
+    criteria = criteria or SloCriteria()
+
+    def probe(rate_rps: float, phase: Phase) -> ProbeResult:
+        t0 = time.monotonic()
+        window = plan.window_s(rate_rps)
+        duration = plan.warmup_s + window
+        n = int(rate_rps * duration + 1e-9)
+        run = open_loop(url, rate_rps, duration, embedding_bodies(shape, n, model=model,
+                                                                   encoding_format=encoding_format, seed=seed),
+                        headers=dict(headers or {}), timeout_s=plan.timeout_s, texts=shape.counts(n, seed))
+        time.sleep(plan.pause_s)
+        result = probe_result(run.answers, offered_rps=rate_rps, warmup_s=plan.warmup_s, window_s=window,
+                              criteria=criteria, phase=phase, generator_cpu_cores=run.cpu_cores,
+                              wall_s=time.monotonic() - t0)
+        if on_probe:
+            on_probe(result)
+        return result
+
+    return probe
+
+
+def find_capacity(url: str, *, shape: RequestShape = SHAPES["1"], plan: SearchPlan | None = None,
+                  criteria: SloCriteria | None = None, headers: Mapping[str, str] | None = None,
+                  model: str | None = None, on_probe: Callable[[ProbeResult], None] | None = None) -> SearchResult:
+    """X_slo of the server behind ``url`` for requests of ``shape``: :func:`search_capacity`
+    over :func:`http_probe`."""
+    plan = plan or SearchPlan()
+    criteria = criteria or SloCriteria()
+    return search_capacity(http_probe(url, shape=shape, plan=plan, criteria=criteria, headers=headers, model=model,
+                                      on_probe=on_probe), plan, criteria)
+
+
+# ---- the plot ---------------------------------------------------------------------------------------
+
+def plot_searches(panels: Mapping[str, Mapping[str, SearchResult]], path: Path, *, title: str = "") -> Path:
+    """Latency percentiles (p50 dashed, p99 solid) against offered load, one panel per key of
+    ``panels`` (e.g. a request shape), one colour per series (e.g. a server); the SLO as a
+    horizontal line and each series' X_slo as a vertical one. Every probe is a point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (panel, series) in zip(axes[0], panels.items(), strict=True):
+        slo = None
+        for k, (label, result) in enumerate(series.items()):
+            c = colours[k % len(colours)]
+            slo = result.criteria.slo_p99_ms
+            pts = sorted((p.offered_rps, p.latency.p50_ms, p.latency.p99_ms) for p in result.probes if p.latency)
+            if pts:
+                xs = [x for x, _, _ in pts]
+                ax.plot(xs, [p99 for _, _, p99 in pts], "o-", color=c, label=f"{label} p99")
+                ax.plot(xs, [p50 for _, p50, _ in pts], "^--", color=c, alpha=0.7, label=f"{label} p50")
+            failed = [p.offered_rps for p in result.probes if not p.latency]
+            if failed:
+                ax.plot(failed, [slo * 10] * len(failed), "x", color=c, label=f"{label}: nothing answered")
+            if result.x_slo_rps:
+                ax.axvline(result.x_slo_rps, color=c, linestyle=":", label=f"{label} X_slo {result.x_slo_rps:.4g}")
+        if slo:
+            ax.axhline(slo, color="grey", linewidth=1, label=f"SLO p99 {slo:g} ms")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("offered load, req/s (open loop)")
+        ax.set_ylabel("latency from scheduled send, ms")
+        ax.set_title(panel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
