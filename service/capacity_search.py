@@ -123,6 +123,8 @@ class ProbeResult(BaseModel):
     texts_per_request_mean: float
     send_lag_p99_ms: float = Field(description="how late the generator sent, p99: its own health")
     generator_cpu_cores: float = Field(description="process CPU of the generator over the probe, cores")
+    machine_cpu_cores: float = Field(0.0, description="whole machine busy over the probe, cores: server, generator "
+                                                      "and anything else running")
     wall_s: float = Field(description="the probe's wall time, warm-up, drain and pause included")
     passed: bool
     reasons: list[str] = Field(description="why the probe failed; empty when it passed")
@@ -167,7 +169,7 @@ def probe_verdict(*, offered_rps: float, answered_rps: float, p99_ms: float | No
 
 def probe_result(answers: Sequence[Answer], *, offered_rps: float, warmup_s: float, window_s: float,
                  criteria: SloCriteria, phase: Phase, generator_cpu_cores: float = 0.0,
-                 wall_s: float = 0.0) -> ProbeResult:
+                 machine_cpu_cores: float = 0.0, wall_s: float = 0.0) -> ProbeResult:
     """Summarise the answers scheduled in [warmup_s, warmup_s + window_s) and judge them."""
     end = warmup_s + window_s
     mine = [a for a in answers if warmup_s <= a.scheduled_s < end]
@@ -191,7 +193,8 @@ def probe_result(answers: Sequence[Answer], *, offered_rps: float, warmup_s: flo
         latency=latency, status_counts=dict(sorted(status.items())),
         texts_per_request_mean=sum(a.texts for a in mine) / len(mine) if mine else 0.0,
         send_lag_p99_ms=percentile([a.lag_s * 1000 for a in mine], 99) if mine else 0.0,
-        generator_cpu_cores=generator_cpu_cores, wall_s=wall_s, passed=not reasons, reasons=reasons)
+        generator_cpu_cores=generator_cpu_cores, machine_cpu_cores=machine_cpu_cores, wall_s=wall_s,
+        passed=not reasons, reasons=reasons)
 
 
 # ---- the search: a pure function over a probe -------------------------------------------------------
@@ -340,7 +343,7 @@ def http_probe(url: str, *, shape: RequestShape = SHAPES["1"], plan: SearchPlan 
         time.sleep(plan.pause_s)
         result = probe_result(run.answers, offered_rps=rate_rps, warmup_s=plan.warmup_s, window_s=window,
                               criteria=criteria, phase=phase, generator_cpu_cores=run.cpu_cores,
-                              wall_s=time.monotonic() - t0)
+                              machine_cpu_cores=run.machine_busy_cores, wall_s=time.monotonic() - t0)
         if on_probe:
             on_probe(result)
         return result

@@ -19,7 +19,8 @@ What it guarantees:
   ``timeout_s`` after the last send (what is still pending then counts as no answer).
 * **Loopback targets only** (127.0.0.0/8, ::1, ``localhost``): this tool offers overload by
   design and must not be pointed at someone else's service.
-* **Its own cost recorded**: the CPU time of the process that runs it, over the run.
+* **Its own cost recorded**: the CPU time of the process that runs it, over the run, beside
+  the whole machine's busy time (so a neighbour eating the cores shows up in the record).
 
 aiohttp, not httpx: on the 2 cores the server shares, httpx's client cost 1.4-1.5 ms of CPU per
 request against aiohttp's 0.6-0.8 (measured side by side at 150 req/s), CPU taken from the
@@ -190,10 +191,23 @@ class LoadRun:
     wall_s: float  # from the first scheduled send to the last answer (or the cut-off)
     cpu_s: float  # process CPU time (user + system) the run took: the generator's own cost
     event_loop: str
+    machine_busy_s: float = 0.0  # CPU time the whole machine was busy meanwhile (all processes, all cores)
 
     @property
     def cpu_cores(self) -> float:
         return self.cpu_s / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def machine_busy_cores(self) -> float:
+        """Cores busy on the whole machine during the run: server, generator and anything else."""
+        return self.machine_busy_s / self.wall_s if self.wall_s > 0 else 0.0
+
+
+def _machine_busy_s() -> float:
+    import psutil
+
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
 
 
 def _event_loop_runner() -> tuple[Callable, str]:
@@ -274,10 +288,10 @@ def open_loop(url: str, rate_rps: float, duration_s: float, bodies: Sequence[byt
         raise ValueError(f"{n} requests to send but only {len(bodies)} bodies")
     counts = list(texts) if texts is not None else [1] * n
     run, loop_name = _event_loop_runner()
-    cpu0 = time.process_time()
+    cpu0, busy0 = time.process_time(), _machine_busy_s()
     answers, wall = run(_open_loop(url, rate_rps, bodies[:n], dict(headers or {}), timeout_s, counts))
     return LoadRun(url=url, rate_rps=rate_rps, duration_s=duration_s, answers=answers, wall_s=wall,
-                   cpu_s=time.process_time() - cpu0, event_loop=loop_name)
+                   cpu_s=time.process_time() - cpu0, event_loop=loop_name, machine_busy_s=_machine_busy_s() - busy0)
 
 
 def drive(url: str, rate_rps: float, duration_s: float, *, variant: str | None = None, users: int = 0,
