@@ -1,0 +1,381 @@
+"""``twinserve peers``: twinserve's CPU variant against infinity-emb serving the same graph.
+
+Both servers get the same open-loop capacity search (``service.capacity_search``), one after
+the other on the same machine, at 1 and 8 texts per request; X_slo per server and shape goes to
+``peers.json`` and the latency-vs-load curves to ``peers.png``.
+
+* **The peer**: infinity-emb (one FastAPI process, its optimum/ONNX Runtime engine) from its own
+  virtual environment (``loadtests/peers/setup.sh`` makes ``.venv-peers``), serving the
+  artifacts' ``pruned.onnx``. Its optimum engine wants a Hugging Face folder whose graph outputs
+  ``last_hidden_state``; :func:`prepare_infinity_model` writes one with an ``Unsqueeze`` of
+  ``sentence_embedding`` as that output, so ``--pooling-method cls`` takes back exactly the
+  sentence embedding (infinity's extra L2 normalisation leaves a unit vector unchanged).
+  infinity's own ONNX optimisation pass is switched off (``--onnx-disable-optimize``) and its
+  sessions get twinserve's options (``loadtests/peers/launch_infinity.py``): the same graph,
+  run the same way; only the serving path differs.
+* **twinserve**: the URL given, or ``twinserve serve`` started here on the same artifacts;
+  requests pinned to the pruned variant (``X-Variant: pruned``, model ``twinserve-pruned``).
+
+Every server is checked before it is measured: its embeddings of a few texts are compared with
+the other server's (cosine), so a benchmark of two different models cannot pass unnoticed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.capacity_search import ProbeResult, SearchPlan, SearchResult, SloCriteria, find_capacity, plot_searches
+from service.loadgen import SHAPES, TEXTS, check_loopback
+
+__all__ = [
+    "INFINITY_VERSION",
+    "PeerBenchResult",
+    "ServerRun",
+    "cpu_flags",
+    "load_peers",
+    "prepare_infinity_model",
+    "run_peers",
+]
+
+INFINITY_VERSION = "0.0.78"
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCHER = ROOT / "loadtests" / "peers" / "launch_infinity.py"
+SETUP = ROOT / "loadtests" / "peers" / "setup.sh"
+INFINITY_MODEL_NAME = "twinserve-pruned-graph"
+INFINITY_START_TIMEOUT_S = 300
+# The CPU features that decide INT8 GEMM speed; recorded with every result.
+CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+
+ServerName = Literal["infinity", "twinserve"]
+
+
+class ServerRun(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: ServerName
+    version: str
+    url: str = Field(description="the embeddings endpoint the load went to")
+    model: str
+    headers: dict[str, str]
+    started_here: bool = Field(description="started by this benchmark (else: a URL given, already running)")
+    settings: dict[str, str | int | float | bool | None] = Field(description="threads, batching, graph options")
+    log: str | None
+    searches: dict[str, SearchResult] = Field(description="by request shape: '1', '8' (texts per request)")
+
+
+class PeerBenchResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = 1
+    kind: Literal["twinserve-peers"] = "twinserve-peers"
+    created_at: datetime
+    command: str
+    hardware: str
+    cpu_count: int
+    cpu_flags: list[str] = Field(description=f"which of {', '.join(CPU_FEATURES)} the CPU has")
+    artifacts: str
+    graph_sha256: str = Field(description="pruned.onnx, the graph both servers ran")
+    criteria: SloCriteria
+    plan: SearchPlan
+    shapes: dict[str, str]
+    servers: list[ServerRun]
+    embedding_agreement: float | None = Field(
+        description="lowest cosine between the servers' embeddings of the same texts (1.0: same model)")
+    notes: list[str]
+
+    def x_slo(self) -> dict[str, dict[str, float | None]]:
+        return {s.name: {shape: r.x_slo_rps for shape, r in s.searches.items()} for s in self.servers}
+
+
+def cpu_flags() -> list[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in CPU_FEATURES if f in have]
+    except OSError:
+        pass
+    return []
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---- the peer's model folder ------------------------------------------------------------------------
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+
+
+def prepare_infinity_model(artifacts: Path, out: Path) -> Path:
+    """A Hugging Face style folder for infinity's optimum engine from ``artifacts``' pruned graph:
+    ``config.json`` (the pruned variant's), the tokenizer files, and ``model.onnx``: the same
+    graph with one more output, ``last_hidden_state`` = ``Unsqueeze(sentence_embedding, 1)``
+    (batch x 1 x dim). Rebuilt only when the source graph changed."""
+    import onnx
+    from onnx import helper
+
+    src = artifacts / "pruned.onnx"
+    if not src.is_file():
+        raise FileNotFoundError(f"no pruned.onnx in {artifacts}; build the artifacts with `twinserve prune`")
+    digest = _sha256(src)
+    stamp = out / "source.sha256"
+    if stamp.is_file() and stamp.read_text().strip() == digest and (out / "model.onnx").is_file():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(artifacts / "pruned" / "config.json", out / "config.json")
+    for name in TOKENIZER_FILES:
+        if (artifacts / name).is_file():
+            shutil.copyfile(artifacts / name, out / name)
+    model = onnx.load(str(src))
+    outputs = [o.name for o in model.graph.output]
+    if "sentence_embedding" not in outputs:
+        raise ValueError(f"{src} has outputs {outputs}, not sentence_embedding")
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset >= 13:
+        axes = helper.make_tensor("twinserve_peers_axes", onnx.TensorProto.INT64, [1], [1])
+        model.graph.initializer.append(axes)
+        node = helper.make_node("Unsqueeze", ["sentence_embedding", "twinserve_peers_axes"], ["last_hidden_state"],
+                                name="twinserve_peers_last_hidden_state")
+    else:
+        node = helper.make_node("Unsqueeze", ["sentence_embedding"], ["last_hidden_state"], axes=[1],
+                                name="twinserve_peers_last_hidden_state")
+    model.graph.node.append(node)
+    dim = model.graph.output[outputs.index("sentence_embedding")].type.tensor_type.shape.dim
+    model.graph.output.append(helper.make_tensor_value_info(
+        "last_hidden_state", onnx.TensorProto.FLOAT, [dim[0].dim_param or dim[0].dim_value or "batch", 1,
+                                                      dim[1].dim_value or "dim"]))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out / "model.onnx"))
+    stamp.write_text(digest + "\n")
+    return out
+
+
+# ---- servers ----------------------------------------------------------------------------------------
+
+def _infinity_server(python: Path, model_dir: Path, port: int, log_path: Path, threads: int,
+                     disabled_optimizers: Sequence[str], batch_size: int):
+    """infinity on 127.0.0.1:``port``, in its own session; stopped like ``twinserve serve``."""
+    from service.demo import LocalServer
+
+    class InfinityServer(LocalServer):
+        # LocalServer's stop() (SIGINT, SIGTERM, then SIGKILL to the group) fits any server; only
+        # the command and the readiness check differ.
+        def __init__(self) -> None:  # no super().__init__(): that would start twinserve
+            env = {**os.environ, "TWINSERVE_PEER_ORT_THREADS": str(threads),
+                   "TWINSERVE_PEER_ORT_DISABLED_OPTIMIZERS": ",".join(disabled_optimizers),
+                   "HF_HOME": str(model_dir.parent / "hf-home")}
+            env.pop("PYTHONPATH", None)
+            self.url = f"http://127.0.0.1:{port}"
+            self.log_path = log_path
+            self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
+            self.proc = subprocess.Popen(
+                [str(python), str(LAUNCHER), "v2", "--model-id", str(model_dir), "--served-model-name",
+                 INFINITY_MODEL_NAME, "--engine", "optimum", "--device", "cpu", "--pooling-method", "cls",
+                 "--onnx-disable-optimize", "--batch-size", str(batch_size), "--host", "127.0.0.1",
+                 "--port", str(port)],
+                stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                start_new_session=True)
+
+        def wait_ready(self, timeout_s: float) -> None:
+            import httpx
+
+            deadline = time.monotonic() + timeout_s
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"infinity exited with {self.proc.returncode}; see {self.log_path}")
+                try:
+                    if httpx.get(f"{self.url}/health", timeout=5).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"infinity not ready after {timeout_s:g} s; see {self.log_path}")
+                time.sleep(1.0)
+
+    return InfinityServer()
+
+
+def _embed(url: str, model: str, headers: dict[str, str], texts: Sequence[str]):
+    import httpx
+    import numpy as np
+
+    r = httpx.post(url, json={"input": list(texts), "model": model, "encoding_format": "float"}, headers=headers,
+                   timeout=60)
+    r.raise_for_status()
+    rows = sorted(r.json()["data"], key=lambda d: d["index"])
+    emb = np.asarray([d["embedding"] for d in rows], dtype=np.float64)
+    return emb / np.linalg.norm(emb, axis=1, keepdims=True)
+
+
+def _warm_up(url: str, model: str, headers: dict[str, str]) -> None:
+    for n in (1, 8, 32):
+        _embed(url, model, headers, [TEXTS[i % len(TEXTS)] for i in range(n)])
+
+
+def _twinserve_settings(art: Path) -> dict:
+    try:
+        from service.serving.config import ServingConfig
+
+        cfg = ServingConfig(artifact_dir=art)
+        pruned = cfg.pruned
+        return {"pruned_num_cpus": pruned.num_cpus, "max_batch_size": pruned.max_batch_size,
+                "batch_wait_timeout_s": pruned.batch_wait_timeout_s}
+    except (ImportError, ValueError, TypeError) as e:  # the serving config is being reworked: a record, not a need
+        return {"settings_unavailable": f"{type(e).__name__}: {e}"}
+
+
+# ---- the benchmark ----------------------------------------------------------------------------------
+
+def run_peers(*, artifacts: Path, out_dir: Path, twinserve_url: str | None = None,
+              servers: Sequence[ServerName] = ("infinity", "twinserve"), shapes: Sequence[str] = ("1", "8"),
+              plan: SearchPlan | None = None, criteria: SloCriteria | None = None, peer_venv: Path = Path(".venv-peers"),
+              infinity_threads: int | None = None, infinity_batch_size: int = 32, idle_s: float = 5.0,
+              command: str = "", say: Callable[[str], None] = print) -> PeerBenchResult:
+    """Search X_slo of each server in ``servers`` (in that order, one at a time) at each request
+    shape; write ``peers.json`` and ``peers.png`` to ``out_dir`` (rewritten after every search,
+    so an interrupted run keeps what it measured)."""
+    from service.bench import hardware_description
+    from service.demo import SERVER_START_TIMEOUT_S, LocalServer
+    from service.model.onnx_runtime import DISABLED_OPTIMIZERS
+
+    plan = plan or SearchPlan()
+    criteria = criteria or SloCriteria()
+    for s in shapes:
+        if s not in SHAPES:
+            raise ValueError(f"unknown request shape {s!r}; known: {', '.join(SHAPES)}")
+    if twinserve_url:
+        check_loopback(twinserve_url)
+    python = peer_venv / "bin" / "python"
+    if "infinity" in servers and not (peer_venv / ".installed").is_file():
+        raise FileNotFoundError(f"no peer environment at {peer_venv}: create it with `{SETUP.relative_to(ROOT)} "
+                                f"{peer_venv}` (installs infinity-emb {INFINITY_VERSION}; a few minutes)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    threads = infinity_threads or os.cpu_count() or 1
+    notes = [(f"one server at a time on the same machine as the load generator ({os.cpu_count()} CPUs); "
+              "the generator's CPU use is in every probe (generator_cpu_cores)")]
+    if twinserve_url:
+        notes.append(f"twinserve was already running at {twinserve_url} (not started here): it stayed up, idle, "
+                     "while infinity was measured")
+    result = PeerBenchResult(
+        created_at=datetime.now(UTC), command=command, hardware=hardware_description(),
+        cpu_count=os.cpu_count() or 1, cpu_flags=cpu_flags(), artifacts=str(artifacts.resolve()),
+        graph_sha256=_sha256(artifacts / "pruned.onnx"), criteria=criteria, plan=plan,
+        shapes={s: SHAPES[s].description for s in shapes}, servers=[], embedding_agreement=None, notes=notes)
+    reference = {}
+
+    def save() -> None:
+        tmp = out_dir / "peers.json.tmp"
+        tmp.write_text(result.model_dump_json(indent=2) + "\n")
+        tmp.replace(out_dir / "peers.json")
+        panels = {f"{SHAPES[s].description}": {r.name: r.searches[s] for r in result.servers if s in r.searches}
+                  for s in shapes}
+        if any(panels.values()):
+            plot_searches(panels, out_dir / "peers.png",
+                          title=f"open-loop capacity search, {result.hardware}; SLO p99 <= {criteria.slo_p99_ms:g} ms")
+
+    def on_probe(name: str, shape: str) -> Callable[[ProbeResult], None]:
+        def report(p: ProbeResult) -> None:
+            p99 = f"{p.latency.p99_ms:8.1f} ms" if p.latency else "     n/a   "
+            say(f"  {name:9} {shape:>3} texts  {p.phase:7} {p.offered_rps:7.1f} req/s offered  "
+                f"{p.answered_rps:7.1f} answered  p99 {p99}  errors {p.error_ratio:6.2%}  "
+                f"CPU generator {p.generator_cpu_cores:.2f} machine {p.machine_cpu_cores:.2f} cores  "
+                + ("pass" if p.passed else "; ".join(p.reasons)))
+        return report
+
+    for name in servers:
+        server = None
+        if name == "infinity":
+            model_dir = prepare_infinity_model(artifacts, out_dir / "infinity-model")
+            from service._net import free_port
+
+            port = free_port()
+            say(f"infinity-emb: serving {model_dir} on 127.0.0.1:{port}, {threads} ONNX Runtime threads "
+                f"(log {out_dir / 'infinity.log'})")
+            server = _infinity_server(python, model_dir, port, out_dir / "infinity.log", threads,
+                                      DISABLED_OPTIMIZERS, infinity_batch_size)
+            url, model, headers = f"{server.url}/embeddings", INFINITY_MODEL_NAME, {}
+            version = subprocess.run([str(python), "-c", "import infinity_emb; print(infinity_emb.__version__)"],
+                                     capture_output=True, text=True, check=False).stdout.strip() or "unknown"
+            settings = {"engine": "optimum", "ort_intra_op_threads": threads, "batch_size": infinity_batch_size,
+                        "onnx_optimize": False, "disabled_optimizers": ",".join(DISABLED_OPTIMIZERS),
+                        "pooling": "cls over last_hidden_state = Unsqueeze(sentence_embedding)"}
+            log = str(out_dir / "infinity.log")
+        else:
+            if twinserve_url:
+                base = twinserve_url.rstrip("/")
+            else:
+                import secrets
+
+                from service._net import free_port
+
+                server = LocalServer(artifacts, free_port(), free_port(), out_dir / "twinserve.log",
+                                     secrets.token_urlsafe(16))
+                say(f"twinserve: `twinserve serve` on {server.url} (log {out_dir / 'twinserve.log'})")
+                base = server.url
+            url, model, headers = f"{base}/v1/embeddings", "twinserve-pruned", {"X-Variant": "pruned"}
+            from importlib.metadata import version as dist_version
+
+            version = dist_version("twinserve")
+            settings = _twinserve_settings(artifacts)
+            log = str(out_dir / "twinserve.log") if server else None
+        run = ServerRun(name=name, version=version, url=url, model=model, headers=headers,
+                        started_here=server is not None, settings=settings, log=log, searches={})
+        result.servers.append(run)
+        try:
+            if server is not None:
+                server.wait_ready(INFINITY_START_TIMEOUT_S if name == "infinity" else SERVER_START_TIMEOUT_S)
+            _warm_up(url, model, headers)
+            reference[name] = _embed(url, model, headers, TEXTS)
+            for shape in shapes:
+                say(f"{name}: capacity search at {SHAPES[shape].description} (budget {plan.max_total_s:g} s)")
+                r = find_capacity(url, shape=SHAPES[shape], plan=plan, criteria=criteria, headers=headers,
+                                  model=model, on_probe=on_probe(name, shape))
+                run.searches[shape] = r
+                x = f"{r.x_slo_rps:.1f} req/s" if r.x_slo_rps is not None else "none"
+                say(f"{name}: X_slo {x} at {SHAPES[shape].description} ({r.status}"
+                    + (f"; {'; '.join(r.notes)}" if r.notes else "") + ")")
+                save()
+        finally:
+            if server is not None:
+                server.stop()
+                time.sleep(idle_s)  # let the machine go quiet before the next server
+    if len(reference) == 2:
+        a, b = reference.values()
+        result.embedding_agreement = float((a * b).sum(axis=1).min())
+        if result.embedding_agreement < 0.99:
+            result.notes.append(f"the servers' embeddings disagree (lowest cosine {result.embedding_agreement:.4f}): "
+                                "they did not run the same model")
+    save()
+    say(f"peer benchmark written to {out_dir / 'peers.json'} and {out_dir / 'peers.png'}")
+    return result
+
+
+def load_peers(path: Path) -> PeerBenchResult:
+    return PeerBenchResult.model_validate(json.loads(Path(path).read_text()))
+
+
+def _main() -> None:  # pragma: no cover - `python -m service.peers` == `twinserve peers`
+    from service.cli import main
+
+    sys.exit(main(["peers", *sys.argv[1:]]))
+
+
+if __name__ == "__main__":
+    _main()
