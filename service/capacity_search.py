@@ -372,6 +372,7 @@ def plot_searches(panels: Mapping[str, Mapping[str, SearchResult]], path: Path, 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -380,11 +381,22 @@ def plot_searches(panels: Mapping[str, Mapping[str, SearchResult]], path: Path, 
         for k, (label, result) in enumerate(series.items()):
             c = colours[k % len(colours)]
             slo = result.criteria.slo_p99_ms
-            pts = sorted((p.offered_rps, p.latency.p50_ms, p.latency.p99_ms) for p in result.probes if p.latency)
+            first: dict[float, ProbeResult] = {}
+            repeats: list[ProbeResult] = []
+            for p in result.probes:
+                if p.offered_rps in first:
+                    repeats.append(p)
+                else:
+                    first[p.offered_rps] = p
+            pts = sorted((r, p.latency.p50_ms, p.latency.p99_ms) for r, p in first.items() if p.latency)
             if pts:
                 xs = [x for x, _, _ in pts]
                 ax.plot(xs, [p99 for _, _, p99 in pts], "o-", color=c, label=f"{label} p99")
                 ax.plot(xs, [p50 for _, p50, _ in pts], "^--", color=c, alpha=0.7, label=f"{label} p50")
+            again = [(p.offered_rps, p.latency.p99_ms) for p in repeats if p.latency]
+            if again:
+                ax.plot([x for x, _ in again], [y for _, y in again], "o", color=c, markerfacecolor="none",
+                        markersize=9, label=f"{label} p99, repeat")
             failed = [p.offered_rps for p in result.probes if not p.latency]
             if failed:
                 ax.plot(failed, [slo * 10] * len(failed), "x", color=c, label=f"{label}: nothing answered")
@@ -394,6 +406,9 @@ def plot_searches(panels: Mapping[str, Mapping[str, SearchResult]], path: Path, 
             ax.axhline(slo, color="grey", linewidth=1, label=f"SLO p99 {slo:g} ms")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "1235" else ""))
         ax.set_xlabel("offered load, req/s (open loop)")
         ax.set_ylabel("latency from scheduled send, ms")
         ax.set_title(panel)
