@@ -25,10 +25,10 @@ def _plan_and_criteria(args: argparse.Namespace):
                              min_achieved_ratio=args.min_achieved_ratio)
 
 
-def _fail(e: Exception):
-    from service.cli import CliError, _one_line
+def _fail(args: argparse.Namespace, e: Exception) -> Exception:
+    from service.cli import _one_line
 
-    return CliError(_one_line(e))
+    return args.cli_error(_one_line(e))
 
 
 def _cmd_capacity(args: argparse.Namespace) -> None:
@@ -52,7 +52,7 @@ def _cmd_capacity(args: argparse.Namespace) -> None:
                     + (f"{p.latency.p99_ms:7.1f} ms" if p.latency else "    n/a") + f" errors {p.error_ratio:6.2%} "
                     + ("pass" if p.passed else "; ".join(p.reasons)), file=sys.stderr, flush=True))
     except (ValidationError, ValueError) as e:
-        raise _fail(e) from None
+        raise _fail(args, e) from None
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({k: r.model_dump(mode="json") for k, r in results.items()}, indent=2) + "\n")
     png = plot_searches({SHAPES[k].description: {args.variant or "server": r} for k, r in results.items()},
@@ -71,9 +71,7 @@ def _cmd_peers(args: argparse.Namespace) -> None:
 
     art = (args.artifacts or default_artifact_dir()).expanduser()
     if not (art / "pruned.onnx").is_file():
-        from service.cli import CliError
-
-        raise CliError(f"no artifacts at {art}; build them with `twinserve prune --preset fast --out {art}`")
+        raise args.cli_error(f"no artifacts at {art}; build them with `twinserve prune --preset fast --out {art}`")
     try:
         plan, slo = _plan_and_criteria(args)
         result = run_peers(artifacts=art, out_dir=args.out_dir, twinserve_url=args.twinserve_url,
@@ -82,7 +80,7 @@ def _cmd_peers(args: argparse.Namespace) -> None:
                            command="twinserve peers " + shlex.join(sys.argv[2:] if len(sys.argv) > 1 else []),
                            say=lambda line: print(line, flush=True))
     except (ValidationError, ValueError, FileNotFoundError, TimeoutError, RuntimeError) as e:
-        raise _fail(e) from None
+        raise _fail(args, e) from None
     for name, by_shape in result.x_slo().items():
         print(f"{name}: " + ", ".join(f"{s} text(s) X_slo " + (f"{x:.1f} req/s" if x is not None else "none")
                                       for s, x in by_shape.items()))
@@ -105,7 +103,9 @@ def _search_arguments(p: argparse.ArgumentParser, max_total_s: float) -> None:
     g.add_argument("--min-achieved-ratio", type=float, default=0.95, help="answered/offered a probe must reach")
 
 
-def add_commands(sub) -> None:
+def add_commands(sub, cli_error: type[Exception]) -> None:
+    """Add the verbs to ``sub``; they raise ``cli_error`` (the CLI's one-line error) on bad input.
+    Passed in rather than imported: under ``python -m service.cli`` the CLI module is ``__main__``."""
     from service.loadgen import SHAPES
 
     ca = sub.add_parser(
@@ -121,7 +121,7 @@ def add_commands(sub) -> None:
     ca.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=["1"], help="texts per request")
     ca.add_argument("--out", type=Path, default=Path("results") / "capacity.json")
     _search_arguments(ca, max_total_s=300.0)
-    ca.set_defaults(func=_cmd_capacity)
+    ca.set_defaults(func=_cmd_capacity, cli_error=cli_error)
 
     pe = sub.add_parser(
         "peers", help="twinserve vs infinity-emb on the same pruned graph, same search (writes results/peers/)",
@@ -139,4 +139,4 @@ def add_commands(sub) -> None:
     pe.add_argument("--infinity-threads", type=int, help="infinity's ONNX Runtime intra-op threads (default: all CPUs)")
     pe.add_argument("--out-dir", type=Path, default=Path("results") / "peers")
     _search_arguments(pe, max_total_s=240.0)
-    pe.set_defaults(func=_cmd_peers)
+    pe.set_defaults(func=_cmd_peers, cli_error=cli_error)

@@ -446,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cost_commands(sub)
     from service._cli_capacity import add_commands as _add_capacity_commands
 
-    _add_capacity_commands(sub)
+    _add_capacity_commands(sub, CliError)
 
     se = sub.add_parser("serve", help="serve both variants behind one endpoint on Ray Serve (HTTP :8000)",
                         description="Start a local Ray cluster and the twinserve application: OpenAI "

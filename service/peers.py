@@ -302,7 +302,8 @@ def run_peers(*, artifacts: Path, out_dir: Path, twinserve_url: str | None = Non
     for name in servers:
         server = None
         if name == "infinity":
-            model_dir = prepare_infinity_model(artifacts, out_dir / "infinity-model")
+            # absolute: infinity joins the model id with the ONNX file's path it found under it
+            model_dir = prepare_infinity_model(artifacts, (out_dir / "infinity-model").resolve())
             from service._net import free_port
 
             port = free_port()
