@@ -57,12 +57,14 @@ Probe = Callable[[float, Phase], "ProbeResult"]
 
 
 class SloCriteria(BaseModel):
+    """What a load step or probe must meet to count towards X_slo (the Locust sweep uses it too)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    slo_p99_ms: PositiveFloat = Field(100.0, description="client-side p99 latency a probe must stay within, ms")
+    slo_p99_ms: PositiveFloat = Field(100.0, description="client-side p99 latency a step must stay within, ms")
     max_error_ratio: float = Field(0.001, gt=0, le=1, description="errors must be below this share of requests")
     min_achieved_ratio: float = Field(
-        0.95, gt=0, le=1, description="answered/offered rate at or above which a probe is not saturated")
+        0.95, gt=0, le=1, description="achieved/offered rate at or above which a step is not saturated")
 
 
 class SearchPlan(BaseModel):
