@@ -415,7 +415,8 @@ def plot_searches(panels: Mapping[str, Mapping[str, SearchResult]], path: Path, 
         ax.set_ylabel("latency from scheduled send, ms")
         ax.set_title(panel)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

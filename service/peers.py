@@ -70,6 +70,8 @@ class ServerRun(BaseModel):
     model: str
     headers: dict[str, str]
     started_here: bool = Field(description="started by this benchmark (else: a URL given, already running)")
+    background_cpu_cores: float = Field(
+        description="whole machine busy before this server started, cores: work that was not the benchmark's")
     settings: dict[str, str | int | float | bool | None] = Field(description="threads, batching, graph options")
     log: str | None
     searches: dict[str, SearchResult] = Field(description="by request shape: '1', '8' (texts per request)")
@@ -108,6 +110,22 @@ def cpu_flags() -> list[str]:
     except OSError:
         pass
     return []
+
+
+BUSY_MACHINE_CORES = 0.25  # background above this: the figures are not comparable with a quiet run
+
+
+def _background_cores(seconds: float = 3.0) -> float:
+    """Cores busy on the whole machine over ``seconds`` while the benchmark itself is idle."""
+    import psutil
+
+    def busy() -> float:
+        t = psutil.cpu_times()
+        return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+    b0, t0 = busy(), time.monotonic()
+    time.sleep(seconds)
+    return (busy() - b0) / (time.monotonic() - t0)
 
 
 def _sha256(path: Path) -> str:
@@ -284,9 +302,10 @@ def run_peers(*, artifacts: Path, out_dir: Path, twinserve_url: str | None = Non
         tmp = out_dir / "peers.json.tmp"
         tmp.write_text(result.model_dump_json(indent=2) + "\n")
         tmp.replace(out_dir / "peers.json")
-        panels = {f"{SHAPES[s].description}": {r.name: r.searches[s] for r in result.servers if s in r.searches}
+        panels = {SHAPES[s].description: {r.name: r.searches[s] for r in result.servers if s in r.searches}
                   for s in shapes}
-        if any(panels.values()):
+        panels = {k: v for k, v in panels.items() if v}
+        if panels:
             plot_searches(panels, out_dir / "peers.png",
                           title=f"open-loop capacity search, {result.hardware}; SLO p99 <= {criteria.slo_p99_ms:g} ms")
 
@@ -301,6 +320,12 @@ def run_peers(*, artifacts: Path, out_dir: Path, twinserve_url: str | None = Non
 
     for name in servers:
         server = None
+        background = _background_cores()
+        if background > BUSY_MACHINE_CORES:
+            note = (f"before {name} started, the machine was already busy with other work ({background:.2f} of "
+                    f"{os.cpu_count()} cores): its figures are not comparable with a quiet machine's")
+            result.notes.append(note)
+            say(f"warning: {note}")
         if name == "infinity":
             # absolute: infinity joins the model id with the ONNX file's path it found under it
             model_dir = prepare_infinity_model(artifacts, (out_dir / "infinity-model").resolve())
@@ -337,7 +362,8 @@ def run_peers(*, artifacts: Path, out_dir: Path, twinserve_url: str | None = Non
             settings = _twinserve_settings(artifacts)
             log = str(out_dir / "twinserve.log") if server else None
         run = ServerRun(name=name, version=version, url=url, model=model, headers=headers,
-                        started_here=server is not None, settings=settings, log=log, searches={})
+                        started_here=server is not None, background_cpu_cores=background, settings=settings, log=log,
+                        searches={})
         result.servers.append(run)
         try:
             if server is not None:
