@@ -193,7 +193,7 @@ def overload(url: str, *, x_slo_rps: float, slo_p99_ms: float = 100.0, factor: f
 
 def overload_factor(x_slo_rps: float, answered_rps: float = 0.0, overload_rps: float | None = None) -> float:
     """How many times X_slo the overload scenario offers: at least 3; twice ``answered_rps`` (the
-    highest rate a sweep saw answered) when that is more, since X_slo is set by p99 and error
+    highest rate a search or sweep saw answered) when that is more, since X_slo is set by p99 and error
     ratio, which noise or an admission limit can pull far below what the variant carries; or
     ``overload_rps`` when that is more still."""
     return max(3.0, 2.0 * answered_rps / x_slo_rps, (overload_rps or 0.0) / x_slo_rps)
@@ -329,7 +329,38 @@ def soak(url: str, *, rate_rps: float, duration_s: float = 600.0, max_rss_growth
 # ---- the full run (`twinserve reliability`, `make reliability`) --------------------------------------
 
 SCENARIOS = ("overload", "kill", "soak")
-SWEEP_RATES_RPS = (1.0, 2.0, 4.0, 8.0, 16.0, 24.0, 32.0, 48.0, 64.0, 96.0, 128.0, 192.0, 256.0)
+SEARCH_BUDGET_S = 180.0  # per variant
+
+
+def _search_x_slo(url: str, out_dir: Path, slo, summary: dict, say: Callable[[str], None]
+                  ) -> tuple[dict[str, float], float]:
+    """X_slo of each variant (pinned, one text per request, as the scenarios send) by the
+    open-loop capacity search; the searches go to ``capacity.json``. A search that found no
+    confirmed X_slo gives its best single pass (said so in the summary's notes), else 0.
+    Returns X_slo per variant and the most the pruned variant answered in any probe."""
+    import json
+
+    from service.capacity_search import SearchPlan, find_capacity
+
+    plan = SearchPlan(start_rps=8.0, max_total_s=SEARCH_BUDGET_S)
+    found, searches, answered = {}, {}, 0.0
+    for variant in ("dense", "pruned"):
+        say(f"X_slo of {variant}: open-loop capacity search, pinned, 1 text per request (<= {plan.max_total_s:g} s)")
+        r = find_capacity(f"{url}/v1/embeddings", plan=plan, criteria=slo, headers={"X-Variant": variant},
+                          model=f"twinserve-{variant}", on_probe=lambda p, v=variant: say(
+                              f"  {v:6} {p.phase:7} {p.offered_rps:6.1f} req/s offered, {p.answered_rps:6.1f} "
+                              f"answered 200, p99 {p.latency.p99_ms if p.latency else float('nan'):.0f} ms"
+                              + ("" if p.passed else f" ({'; '.join(p.reasons)})")))
+        searches[variant] = r.model_dump(mode="json")
+        found[variant] = r.x_slo_rps or r.best_single_pass_rps or 0.0
+        if r.x_slo_rps is None:
+            summary.setdefault("notes", []).append(
+                f"{variant}: the search found no confirmed X_slo ({r.status}); using its best single pass, "
+                f"{found[variant]:g} req/s")
+        if variant == "pruned":
+            answered = r.max_answered_rps
+    (out_dir / "capacity.json").write_text(json.dumps(searches, indent=2) + "\n")
+    return found, answered
 
 
 def _set_weights(url: str, token: str, dense: float) -> dict[str, float]:
@@ -345,9 +376,10 @@ def run_reliability(*, out_dir: Path = Path("results") / "reliability", artifact
                     say: Callable[[str], None] = print) -> dict:
     """Serve the artifacts in the background and run every scenario at full length; ``summary.json``.
 
-    X_slo per variant comes from a Locust step sweep (the definition the cost report uses) unless
-    given. Rates are chosen so that each scenario tests what it names: overload offers 3x the
-    pruned variant's X_slo to that variant, or twice the highest rate the sweep saw it carry, or
+    X_slo per variant comes from the open-loop capacity search (``service.capacity_search``,
+    written to ``capacity.json``) unless given. Rates are chosen so that each scenario tests what
+    it names: overload offers 3x the pruned variant's X_slo to that variant, or twice the highest
+    rate the search saw it carry, or
     ``overload_rps``, whichever is most (pinned: routed overflow would fall back to dense);
     the failure scenarios run at a rate either variant can carry alone, since the survivor takes
     everything; the soak runs routed traffic with each variant at half its own X_slo. The summary
@@ -360,7 +392,7 @@ def run_reliability(*, out_dir: Path = Path("results") / "reliability", artifact
 
     from service._net import free_port
     from service.bench import hardware_description
-    from service.cost.loadtest import SloCriteria, SweepPlan, run_sweep
+    from service.capacity_search import SloCriteria
     from service.demo import SERVER_START_TIMEOUT_S, LocalServer, ensure_artifacts
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -382,20 +414,9 @@ def run_reliability(*, out_dir: Path = Path("results") / "reliability", artifact
     url, metrics_url = server.url, f"http://127.0.0.1:{metrics_port}/metrics"
     try:
         server.wait_ready(SERVER_START_TIMEOUT_S)
-        answered = 0.0  # the highest rate the sweep saw the pruned variant answer, SLO or not
+        answered = 0.0  # the highest rate the search saw the pruned variant answer, SLO or not
         if x_slo_rps is None:
-            say(f"X_slo: Locust step sweep of each variant, {list(SWEEP_RATES_RPS)} req/s, 10 s steps")
-            plan = SweepPlan(rates_rps=list(SWEEP_RATES_RPS), step_duration_s=10, warmup_s=2, arrival="constant")
-
-            def on_step(variant, s) -> None:
-                p99 = f"{s.latency.p99_ms:.0f} ms" if s.latency else "-"
-                say(f"  {variant:6} {s.offered_rps:4g} req/s offered, {s.achieved_rps:5.1f} completed, "
-                    f"{s.ok_rps:5.1f} answered 200, p99 {p99}")
-
-            sweep = run_sweep(url, variants=["dense", "pruned"], plan=plan, slo=slo, out=out_dir / "loadtest.json",
-                              on_step=on_step)
-            x_slo_rps = {v.variant: v.x_slo_rps or 0.0 for v in sweep.variants}
-            answered = max(s.ok_rps for s in sweep.variant("pruned").steps)
+            x_slo_rps, answered = _search_x_slo(url, out_dir, slo, summary, say)
         summary["x_slo_rps"] = x_slo_rps
         say(f"X_slo: {x_slo_rps}")
         x_pruned, x_dense = x_slo_rps["pruned"], x_slo_rps["dense"]
