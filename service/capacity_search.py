@@ -84,6 +84,12 @@ class SearchPlan(BaseModel):
     warmup_s: NonNegativeFloat = Field(2.0, description="sent at the probe's rate before its window, not counted, s")
     timeout_s: PositiveFloat = Field(10.0, description="client timeout per request (then counted as no answer), s")
     pause_s: NonNegativeFloat = Field(1.0, description="idle gap after each probe, s")
+    recovery_s: NonNegativeFloat = Field(
+        5.0, description="further idle gap after a failed probe, so the next one starts from a recovered server, s")
+    late_send_ms: PositiveFloat = Field(
+        10.0, description="a probe whose sends left later than this (p99) behind schedule is flagged generator-late: "
+                          "its latencies include the generator's own delay and its catch-up bursts")
+    fail_late_probes: bool = Field(False, description="count a generator-late probe as failed (else: flag only)")
     max_confirm: PositiveInt = Field(3, description="most rates repeated to confirm X_slo")
     max_total_s: PositiveFloat = Field(300.0, description="time budget of the whole search, s")
 
@@ -125,6 +131,8 @@ class ProbeResult(BaseModel):
     status_counts: dict[str, int]
     texts_per_request_mean: float
     send_lag_p99_ms: float = Field(description="how late the generator sent, p99: its own health")
+    generator_late: bool = Field(False, description="send_lag_p99_ms over the plan's late_send_ms: the machine was "
+                                                    "too busy for the generator to send on schedule")
     generator_cpu_cores: float = Field(description="process CPU of the generator over the probe, cores")
     machine_cpu_cores: float = Field(0.0, description="whole machine busy over the probe, cores: server, generator "
                                                       "and anything else running")
@@ -172,8 +180,13 @@ def probe_verdict(*, offered_rps: float, answered_rps: float, p99_ms: float | No
 
 def probe_result(answers: Sequence[Answer], *, offered_rps: float, warmup_s: float, window_s: float,
                  criteria: SloCriteria, phase: Phase, generator_cpu_cores: float = 0.0,
-                 machine_cpu_cores: float = 0.0, wall_s: float = 0.0) -> ProbeResult:
-    """Summarise the answers scheduled in [warmup_s, warmup_s + window_s) and judge them."""
+                 machine_cpu_cores: float = 0.0, wall_s: float = 0.0, late_send_ms: float | None = None,
+                 fail_late: bool = False) -> ProbeResult:
+    """Summarise the answers scheduled in [warmup_s, warmup_s + window_s) and judge them.
+
+    A probe whose sends lagged the schedule by more than ``late_send_ms`` (p99) is flagged
+    generator-late (on a machine too busy to offer the load on time, the figure is not only the
+    server's); with ``fail_late`` it also fails."""
     end = warmup_s + window_s
     mine = [a for a in answers if warmup_s <= a.scheduled_s < end]
     ok = [a.latency_s * 1000 for a in mine if a.status == 200]
@@ -190,12 +203,16 @@ def probe_result(answers: Sequence[Answer], *, offered_rps: float, warmup_s: flo
         status[str(a.status)] = status.get(str(a.status), 0) + 1
     reasons = probe_verdict(offered_rps=offered_rps, answered_rps=answered_rps,
                             p99_ms=latency.p99_ms if latency else None, error_ratio=error_ratio, criteria=criteria)
+    lag_p99_ms = percentile([a.lag_s * 1000 for a in mine], 99) if mine else 0.0
+    late = late_send_ms is not None and lag_p99_ms > late_send_ms
+    if late and fail_late:
+        reasons.append(f"generator late: sends lagged {lag_p99_ms:.1f} ms (p99) > {late_send_ms:g} ms")
     return ProbeResult(
         phase=phase, offered_rps=offered_rps, window_s=window_s, warmup_s=warmup_s, sent=len(mine), ok=len(ok),
         errors=errors, error_ratio=error_ratio, answered_rps=answered_rps, achieved_ratio=answered_rps / offered_rps,
         latency=latency, status_counts=dict(sorted(status.items())),
         texts_per_request_mean=sum(a.texts for a in mine) / len(mine) if mine else 0.0,
-        send_lag_p99_ms=percentile([a.lag_s * 1000 for a in mine], 99) if mine else 0.0,
+        send_lag_p99_ms=lag_p99_ms, generator_late=late,
         generator_cpu_cores=generator_cpu_cores, machine_cpu_cores=machine_cpu_cores, wall_s=wall_s,
         passed=not reasons, reasons=reasons)
 
@@ -309,6 +326,11 @@ def search_capacity(probe: Probe, plan: SearchPlan, criteria: SloCriteria | None
     if inverted:
         f = min(inverted)
         notes.append(f"non-monotone: {max(passed_rates):.4g} req/s passed but {f:.4g} req/s failed")
+    late = sorted({p.offered_rps for p in probes if p.generator_late})
+    if late:
+        notes.append(f"the generator sent more than {plan.late_send_ms:g} ms (p99) behind schedule at "
+                     + ", ".join(f"{r:.4g}" for r in late) + " req/s: the machine was too busy to offer the load on "
+                     "time; those probes' latencies include that delay")
     if capped:
         notes.append(f"every rate up to max_rps ({plan.max_rps:g} req/s) passed: X_slo is a lower bound")
     if x_slo is not None:
@@ -343,10 +365,12 @@ def http_probe(url: str, *, shape: RequestShape = SHAPES["1"], plan: SearchPlan 
         run = open_loop(url, rate_rps, duration, embedding_bodies(shape, n, model=model,
                                                                    encoding_format=encoding_format, seed=seed),
                         headers=dict(headers or {}), timeout_s=plan.timeout_s, texts=shape.counts(n, seed))
-        time.sleep(plan.pause_s)
         result = probe_result(run.answers, offered_rps=rate_rps, warmup_s=plan.warmup_s, window_s=window,
                               criteria=criteria, phase=phase, generator_cpu_cores=run.cpu_cores,
-                              machine_cpu_cores=run.machine_busy_cores, wall_s=time.monotonic() - t0)
+                              machine_cpu_cores=run.machine_busy_cores, late_send_ms=plan.late_send_ms,
+                              fail_late=plan.fail_late_probes)
+        time.sleep(plan.pause_s + (0.0 if result.passed else plan.recovery_s))
+        result = result.model_copy(update={"wall_s": time.monotonic() - t0})
         if on_probe:
             on_probe(result)
         return result

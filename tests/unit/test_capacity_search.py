@@ -235,3 +235,27 @@ def test_search_result_round_trips_as_json():
     r = search_capacity(FakeServer(capacity=50), PLAN, SLO)
     again = SearchResult.model_validate(json.loads(r.model_dump_json()))
     assert again == r
+
+
+def test_a_generator_that_sends_late_is_flagged_and_fails_only_when_asked():
+    answers = [Answer(i / 100, 0.030, 200, lag_s=0.025 if i % 10 == 0 else 0.0) for i in range(1000)]
+    flagged = probe_result(answers, offered_rps=100, warmup_s=0, window_s=10, criteria=SLO, phase="ramp",
+                           late_send_ms=10)
+    assert flagged.generator_late and flagged.passed and flagged.send_lag_p99_ms == pytest.approx(25.0)
+    failed = probe_result(answers, offered_rps=100, warmup_s=0, window_s=10, criteria=SLO, phase="ramp",
+                          late_send_ms=10, fail_late=True)
+    assert not failed.passed and failed.reasons[0].startswith("generator late")
+    on_time = probe_result(answers, offered_rps=100, warmup_s=0, window_s=10, criteria=SLO, phase="ramp",
+                           late_send_ms=30, fail_late=True)
+    assert not on_time.generator_late and on_time.passed
+
+
+def test_generator_late_probes_are_named_in_the_notes():
+    def probe(rate, phase):
+        return _probe_result(rate, phase, rate <= 100).model_copy(update={"generator_late": rate >= 64})
+
+    r = search_capacity(probe, PLAN, SLO)
+    note = next(n for n in r.notes if "behind schedule" in n)
+    late = note.split(" at ", 1)[1].split(" req/s")[0].split(", ")
+    assert late == [f"{x:.4g}" for x in sorted({p.offered_rps for p in r.probes if p.offered_rps >= 64})]
+    assert "32" not in late and r.x_slo_rps is not None  # flagged, not failed: the fake passed them
