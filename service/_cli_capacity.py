@@ -6,7 +6,6 @@ Kept apart from ``cli.py`` (one module per verb group); nothing heavy is importe
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -53,8 +52,17 @@ def _cmd_capacity(args: argparse.Namespace) -> None:
                     + ("pass" if p.passed else "; ".join(p.reasons)), file=sys.stderr, flush=True))
     except (ValidationError, ValueError) as e:
         raise _fail(args, e) from None
+    import os
+    from datetime import UTC, datetime
+
+    from service.bench import hardware_description
+    from service.capacity_search import CapacityRun, cpu_flags
+
+    run = CapacityRun(created_at=datetime.now(UTC), url=url, headers=headers, hardware=hardware_description(),
+                      cpu_count=os.cpu_count() or 1, cpu_flags=cpu_flags(),
+                      shapes={k: SHAPES[k].description for k in results}, searches=results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({k: r.model_dump(mode="json") for k, r in results.items()}, indent=2) + "\n")
+    args.out.write_text(run.model_dump_json(indent=2) + "\n")
     png = plot_searches({SHAPES[k].description: {args.variant or "server": r} for k, r in results.items()},
                         args.out.with_suffix(".png"), title=url)
     for k, r in results.items():

@@ -44,21 +44,27 @@ from service._infinity import (
     prepare_infinity_model,
     sha256_file,
 )
-from service.capacity_search import ProbeResult, SearchPlan, SearchResult, SloCriteria, find_capacity, plot_searches
+from service.capacity_search import (
+    CPU_FEATURES,
+    ProbeResult,
+    SearchPlan,
+    SearchResult,
+    SloCriteria,
+    cpu_flags,
+    find_capacity,
+    plot_searches,
+)
 from service.loadgen import SHAPES, TEXTS, check_loopback
 
 __all__ = [
     "INFINITY_VERSION",
     "PeerBenchResult",
     "ServerRun",
-    "cpu_flags",
     "load_peers",
     "prepare_infinity_model",
     "run_peers",
 ]
 
-# The CPU features that decide INT8 GEMM speed; recorded with every result.
-CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
 
 ServerName = Literal["infinity", "twinserve"]
 
@@ -101,17 +107,6 @@ class PeerBenchResult(BaseModel):
 
     def x_slo(self) -> dict[str, dict[str, float | None]]:
         return {s.name: {shape: r.x_slo_rps for shape, r in s.searches.items()} for s in self.servers}
-
-
-def cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                return [f for f in CPU_FEATURES if f in have]
-    except OSError:
-        pass
-    return []
 
 
 BUSY_MACHINE_CORES = 0.25  # background above this: the figures are not comparable with a quiet run

@@ -71,9 +71,7 @@ def test_capacity_search_is_bounded_by_what_the_server_can_answer(standin):
 
 
 def test_capacity_verb_writes_typed_json_and_a_plot(standin, tmp_path):
-    import json
-
-    from service.capacity_search import SearchResult
+    from service.capacity_search import CapacityRun
     from service.cli import main
 
     out = tmp_path / "capacity.json"
@@ -81,8 +79,9 @@ def test_capacity_verb_writes_typed_json_and_a_plot(standin, tmp_path):
                "--min-requests", "20", "--min-duration-s", "1", "--min-window-s", "1", "--warmup-s", "0.2",
                "--timeout-s", "3", "--max-total-s", "12", "--slo-p99-ms", "2000", "--out", str(out)])
     assert rc == 0
-    results = {k: SearchResult.model_validate(v) for k, v in json.loads(out.read_text()).items()}
-    assert set(results) == {"1", "8"}
+    run = CapacityRun.model_validate_json(out.read_text())
+    results = run.searches
+    assert set(results) == {"1", "8"} and run.headers == {"X-Variant": "pruned"} and run.cpu_count >= 1
     assert all(p.texts_per_request_mean == 8 for p in results["8"].probes)
     assert out.with_suffix(".png").stat().st_size > 0
 

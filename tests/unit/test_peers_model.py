@@ -8,7 +8,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.peers import cpu_flags, prepare_infinity_model
+from service.capacity_search import cpu_flags
+from service.peers import prepare_infinity_model
 
 
 def test_last_hidden_state_is_the_sentence_embedding_unsqueezed(tiny_artifacts, tmp_path):
@@ -44,6 +45,6 @@ def test_missing_graph_is_named(tmp_path):
 
 
 def test_cpu_flags_are_a_subset_of_the_named_features():
-    from service.peers import CPU_FEATURES
+    from service.capacity_search import CPU_FEATURES
 
     assert set(cpu_flags()) <= set(CPU_FEATURES)
