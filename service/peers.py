@@ -79,7 +79,10 @@ class ServerRun(BaseModel):
     headers: dict[str, str]
     started_here: bool = Field(description="started by this benchmark (else: a URL given, already running)")
     background_cpu_cores: float = Field(
-        description="whole machine busy before this server started, cores: work that was not the benchmark's")
+        description="whole machine busy at normal priority before this server started, cores: other work that "
+                    "competes with the servers")
+    background_niced_cores: float = Field(
+        0.0, description="niced work running before this server started, cores: it yields to the servers")
     settings: dict[str, str | int | float | bool | None] = Field(description="threads, batching, graph options")
     log: str | None
     searches: dict[str, SearchResult] = Field(description="by request shape: '1', '8' (texts per request)")
@@ -112,17 +115,20 @@ class PeerBenchResult(BaseModel):
 BUSY_MACHINE_CORES = 0.25  # background above this: the figures are not comparable with a quiet run
 
 
-def _background_cores(seconds: float = 3.0) -> float:
-    """Cores busy on the whole machine over ``seconds`` while the benchmark itself is idle."""
+def _background_cores(seconds: float = 3.0) -> tuple[float, float]:
+    """Cores busy on the whole machine over ``seconds`` while the benchmark itself is idle:
+    (at normal priority, niced). Niced work yields the CPU to the servers; the rest competes."""
     import psutil
 
-    def busy() -> float:
+    def sample() -> tuple[float, float]:
         t = psutil.cpu_times()
-        return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+        nice = getattr(t, "nice", 0.0)
+        return sum(t) - t.idle - getattr(t, "iowait", 0.0) - nice, nice
 
-    b0, t0 = busy(), time.monotonic()
+    (b0, n0), t0 = sample(), time.monotonic()
     time.sleep(seconds)
-    return (busy() - b0) / (time.monotonic() - t0)
+    (b1, n1), dt = sample(), time.monotonic() - t0
+    return (b1 - b0) / dt, (n1 - n0) / dt
 
 
 def _embed(url: str, model: str, headers: dict[str, str], texts: Sequence[str]):
@@ -215,7 +221,7 @@ def run_peers(*, artifacts: Path, out_dir: Path, twinserve_url: str | None = Non
 
     for name in servers:
         server = None
-        background = _background_cores()
+        background, niced = _background_cores()
         if background > BUSY_MACHINE_CORES:
             note = (f"before {name} started, the machine was already busy with other work ({background:.2f} of "
                     f"{os.cpu_count()} cores): its figures are not comparable with a quiet machine's")
@@ -257,7 +263,8 @@ def run_peers(*, artifacts: Path, out_dir: Path, twinserve_url: str | None = Non
             settings = _twinserve_settings(artifacts)
             log = str(out_dir / "twinserve.log") if server else None
         run = ServerRun(name=name, version=version, url=url, model=model, headers=headers,
-                        started_here=server is not None, background_cpu_cores=background, settings=settings, log=log,
+                        started_here=server is not None, background_cpu_cores=background,
+                        background_niced_cores=niced, settings=settings, log=log,
                         searches={})
         result.servers.append(run)
         try:
