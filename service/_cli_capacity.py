@@ -85,6 +85,7 @@ def _cmd_peers(args: argparse.Namespace) -> None:
         result = run_peers(artifacts=art, out_dir=args.out_dir, twinserve_url=args.twinserve_url,
                            servers=args.servers, shapes=args.shapes, plan=plan, criteria=slo,
                            peer_venv=args.peer_venv, infinity_threads=args.infinity_threads,
+                           infinity_nice=args.infinity_nice,
                            command="twinserve peers " + shlex.join(sys.argv[2:] if len(sys.argv) > 1 else []),
                            say=lambda line: print(line, flush=True))
     except (ValidationError, ValueError, FileNotFoundError, TimeoutError, RuntimeError) as e:
@@ -145,6 +146,9 @@ def add_commands(sub, cli_error: type[Exception]) -> None:
     pe.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=["1", "8"], help="texts per request")
     pe.add_argument("--peer-venv", type=Path, default=Path(".venv-peers"), help="infinity's environment")
     pe.add_argument("--infinity-threads", type=int, help="infinity's ONNX Runtime intra-op threads (default: all CPUs)")
+    pe.add_argument("--infinity-nice", type=int, default=0,
+                    help="start infinity at this niceness; 15 is what Ray gives twinserve's replicas, for a fair "
+                         "share when other work runs on the machine (default: %(default)s)")
     pe.add_argument("--out-dir", type=Path, default=Path("results") / "peers")
     _search_arguments(pe, max_total_s=240.0)
     pe.set_defaults(func=_cmd_peers, cli_error=cli_error)

@@ -88,7 +88,7 @@ def prepare_infinity_model(artifacts: Path, out: Path) -> Path:
 
 
 def infinity_server(python: Path, model_dir: Path, port: int, log_path: Path, threads: int,
-                     disabled_optimizers: Sequence[str], batch_size: int):
+                     disabled_optimizers: Sequence[str], batch_size: int, nice: int = 0):
     """infinity on 127.0.0.1:``port``, in its own session; stopped like ``twinserve serve``."""
     from service.demo import LocalServer
 
@@ -103,8 +103,9 @@ def infinity_server(python: Path, model_dir: Path, port: int, log_path: Path, th
             self.url = f"http://127.0.0.1:{port}"
             self.log_path = log_path
             self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
+            niced = ["nice", "-n", str(nice)] if nice else []  # nice execs: the pid stays the server's
             self.proc = subprocess.Popen(
-                [str(python), str(LAUNCHER), "v2", "--model-id", str(model_dir), "--served-model-name",
+                [*niced, str(python), str(LAUNCHER), "v2", "--model-id", str(model_dir), "--served-model-name",
                  INFINITY_MODEL_NAME, "--engine", "optimum", "--device", "cpu", "--pooling-method", "cls",
                  "--onnx-disable-optimize", "--batch-size", str(batch_size), "--host", "127.0.0.1",
                  "--port", str(port)],

@@ -502,8 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
     re_ = sub.add_parser(
         "reliability", help="overload, replica kills and a soak against a local server (writes results/reliability/)",
         description="Start `twinserve serve` on the artifacts in the background, find each variant's X_slo with the "
-                    "open-loop capacity search (unless given; capacity.json), then: 3x the pruned X_slo for --overload-s (shedding with "
-                    "Retry-After, accepted p99 within 2x the SLO, no replica death, recovery within 10 s); SIGKILL "
+                    "open-loop capacity search (unless given; capacity.json), then: 3x the pruned X_slo for "
+                    "--overload-s (shedding with Retry-After, accepted p99 within 2x the SLO, no replica death, "
+                    "recovery within 10 s); SIGKILL "
                     "of the pruned replica, then of the dense one, under routed load (fallback, <= 0.1%% failures, "
                     "replacement, split restored, fallbacks in the metrics); a soak at half of X_slo for --soak-s "
                     "(no error, RSS growth < 10%%). Writes summary.json after every scenario; exits 2 if one failed.")

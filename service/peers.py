@@ -143,6 +143,25 @@ def _embed(url: str, model: str, headers: dict[str, str], texts: Sequence[str]):
     return emb / np.linalg.norm(emb, axis=1, keepdims=True)
 
 
+def _niceness(session_id: int) -> dict[str, int]:
+    """Niceness of the serving processes in one process session: what the scheduler gives them
+    against other work (Ray starts its workers, Serve replicas included, at 15 by default)."""
+    import psutil
+
+    found: dict[str, int] = {}
+    for p in psutil.process_iter(["cmdline", "nice"]):
+        try:
+            if os.getsid(p.pid) != session_id:
+                continue
+        except OSError:
+            continue
+        cmd = (p.info["cmdline"] or [""])[0]
+        name = cmd if cmd.startswith("ray::ServeReplica") else ("main process" if p.pid == session_id else None)
+        if name:
+            found[name] = p.info["nice"]
+    return dict(sorted(found.items()))
+
+
 def _warm_up(url: str, model: str, headers: dict[str, str]) -> None:
     for n in (1, 8, 32):
         _embed(url, model, headers, [TEXTS[i % len(TEXTS)] for i in range(n)])
@@ -164,12 +183,14 @@ def _twinserve_settings(art: Path) -> dict:
 
 def run_peers(*, artifacts: Path, out_dir: Path, twinserve_url: str | None = None,
               servers: Sequence[ServerName] = ("infinity", "twinserve"), shapes: Sequence[str] = ("1", "8"),
-              plan: SearchPlan | None = None, criteria: SloCriteria | None = None, peer_venv: Path = Path(".venv-peers"),
-              infinity_threads: int | None = None, infinity_batch_size: int = 32, idle_s: float = 5.0,
+              plan: SearchPlan | None = None, criteria: SloCriteria | None = None,
+              peer_venv: Path = Path(".venv-peers"), infinity_threads: int | None = None,
+              infinity_batch_size: int = 32, infinity_nice: int = 0, idle_s: float = 5.0,
               command: str = "", say: Callable[[str], None] = print) -> PeerBenchResult:
     """Search X_slo of each server in ``servers`` (in that order, one at a time) at each request
     shape; write ``peers.json`` and ``peers.png`` to ``out_dir`` (rewritten after every search,
-    so an interrupted run keeps what it measured)."""
+    so an interrupted run keeps what it measured). ``infinity_nice`` starts infinity at that
+    niceness: 15 matches the Serve replicas Ray starts, when other work shares the machine."""
     from service.bench import hardware_description
     from service.demo import SERVER_START_TIMEOUT_S, LocalServer
     from service.model.onnx_runtime import DISABLED_OPTIMIZERS
@@ -236,7 +257,7 @@ def run_peers(*, artifacts: Path, out_dir: Path, twinserve_url: str | None = Non
             say(f"infinity-emb: serving {model_dir} on 127.0.0.1:{port}, {threads} ONNX Runtime threads "
                 f"(log {out_dir / 'infinity.log'})")
             server = infinity_server(python, model_dir, port, out_dir / "infinity.log", threads,
-                                      DISABLED_OPTIMIZERS, infinity_batch_size)
+                                      DISABLED_OPTIMIZERS, infinity_batch_size, infinity_nice)
             url, model, headers = f"{server.url}/embeddings", INFINITY_MODEL_NAME, {}
             version = subprocess.run([str(python), "-c", "import infinity_emb; print(infinity_emb.__version__)"],
                                      capture_output=True, text=True, check=False).stdout.strip() or "unknown"
@@ -270,6 +291,8 @@ def run_peers(*, artifacts: Path, out_dir: Path, twinserve_url: str | None = Non
         try:
             if server is not None:
                 server.wait_ready(INFINITY_START_TIMEOUT_S if name == "infinity" else SERVER_START_TIMEOUT_S)
+            if server is not None:
+                run.settings["niceness"] = json.dumps(_niceness(server.proc.pid))
             _warm_up(url, model, headers)
             reference[name] = _embed(url, model, headers, TEXTS)
             for shape in shapes:
