@@ -9,7 +9,7 @@ APT_PACKAGES := wordnet-base prometheus
 MODEL_NAME := all-MiniLM-L6-v2
 ARTIFACTS := artifacts/$(MODEL_NAME)
 
-.PHONY: setup system-packages run prune bench demo reliability audit test test-unit clean image image-test gpu-bench
+.PHONY: setup system-packages run prune bench demo reliability peers audit test test-unit clean image image-test gpu-bench
 
 setup: system-packages $(STAMP)
 
@@ -58,6 +58,15 @@ demo: setup
 # each variant's replica under load, a 10-minute soak. Writes results/reliability/summary.json.
 reliability: setup $(ARTIFACTS)/manifest.json
 	$(VENV)/bin/twinserve reliability --artifacts $(ARTIFACTS)
+
+# The peer benchmark (loadtests/peers/README.md): infinity-emb in its own environment (.venv-peers),
+# then twinserve's pruned variant and infinity on the same pruned.onnx, the same open-loop capacity
+# search each, 1 and 8 texts per request (~20 min on 2 cores). Writes results/peers/.
+.venv-peers/.installed:
+	loadtests/peers/setup.sh .venv-peers
+
+peers: setup .venv-peers/.installed $(ARTIFACTS)/manifest.json
+	$(VENV)/bin/twinserve peers --artifacts $(ARTIFACTS)
 
 # Dependency vulnerability scan (also a test in `make test`); known findings: deploy/dependency-audit.yaml.
 audit: setup

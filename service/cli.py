@@ -456,6 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     fr.set_defaults(func=_cmd_frontier)
 
     _add_cost_commands(sub)
+    from service._cli_capacity import add_commands as _add_capacity_commands
+
+    _add_capacity_commands(sub, CliError)
 
     se = sub.add_parser("serve", help="serve both variants behind one endpoint on Ray Serve (HTTP :8000)",
                         description="Start a local Ray cluster and the twinserve application: OpenAI "
@@ -510,19 +513,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     re_ = sub.add_parser(
         "reliability", help="overload, replica kills and a soak against a local server (writes results/reliability/)",
-        description="Start `twinserve serve` on the artifacts in the background, find each variant's X_slo with a "
-                    "Locust sweep (unless given), then: 3x the pruned X_slo for --overload-s (shedding with "
-                    "Retry-After, accepted p99 within 2x the SLO, no replica death, recovery within 10 s); SIGKILL "
+        description="Start `twinserve serve` on the artifacts in the background, find each variant's X_slo with the "
+                    "open-loop capacity search (unless given; capacity.json), then: 3x the pruned X_slo for "
+                    "--overload-s (shedding with Retry-After, accepted p99 within 2x the SLO, no replica death, "
+                    "recovery within 10 s); SIGKILL "
                     "of the pruned replica, then of the dense one, under routed load (fallback, <= 0.1%% failures, "
                     "replacement, split restored, fallbacks in the metrics); a soak at half of X_slo for --soak-s "
                     "(no error, RSS growth < 10%%). Writes summary.json after every scenario; exits 2 if one failed.")
     re_.add_argument("--artifacts", type=Path, help="artifact directory (default: artifacts/all-MiniLM-L6-v2)")
-    re_.add_argument("--x-slo-pruned", type=float, help="pruned X_slo, req/s (default: measured by a sweep)")
-    re_.add_argument("--x-slo-dense", type=float, help="dense X_slo, req/s (default: measured by a sweep)")
+    re_.add_argument("--x-slo-pruned", type=float, help="pruned X_slo, req/s (default: measured by a search)")
+    re_.add_argument("--x-slo-dense", type=float, help="dense X_slo, req/s (default: measured by a search)")
     re_.add_argument("--overload-s", type=float, default=60.0, help="length of the 3x burst, seconds")
     re_.add_argument("--overload-rps", type=float,
                      help="offered rate of the burst when more than 3x X_slo (default: 3x X_slo, or twice the "
-                          "highest rate the sweep saw the pruned variant answer, whichever is more)")
+                          "highest rate the search saw the pruned variant answer, whichever is more)")
     re_.add_argument("--soak-s", type=float, default=600.0, help="length of the soak, seconds")
     re_.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS),
                      help="which scenarios to run, in this order (default: all)")

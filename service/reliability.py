@@ -1,8 +1,10 @@
 """Reliability scenarios against a running twinserve: overload, replica failure, soak.
 
-Load here is open-loop: requests leave on a fixed schedule whatever the server answers. A
-closed-loop client (Locust's users wait for each answer) slows down with the server and so
-never offers more than it can take; overload has to be offered, not asked for.
+Load here is open-loop (``service.loadgen``, the generator the capacity search and the peer
+benchmark use too): requests leave on a fixed schedule whatever the server answers, and latency
+is timed from the scheduled send. A closed-loop client (Locust's users wait for each answer)
+slows down with the server and so never offers more than it can take; overload has to be
+offered, not asked for.
 
 Each scenario returns a pydantic summary with its verdicts (``passed`` and the reasons when
 not), written as JSON by ``twinserve reliability``. The CI-sized integration tests call the same
@@ -16,7 +18,6 @@ node the scenario is started on).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import statistics
@@ -25,16 +26,15 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import UTC
 from pathlib import Path
+from typing import Self
 
-import aiohttp
 import httpx
 import psutil
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from service._net import metric_sum
+from service.loadgen import TEXTS, Answer, LoadSummary, drive, summarise
 
 __all__ = [
     "SCENARIOS",
@@ -55,112 +55,6 @@ __all__ = [
 ]
 
 APP = "twinserve"
-TEXTS = (
-    "Where is my parcel? It was due on Tuesday.",
-    "The battery lasts two days, which is more than I expected.",
-    "How do I reset my password?",
-    "Great little cafe, friendly staff, slow service at lunch.",
-    "Can I change the delivery address after ordering?",
-    "The screen cracked after a week; I want a replacement.",
-)
-
-
-# ---- open-loop load ---------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Answer:
-    sent_s: float  # when the request left, seconds since the load started
-    latency_s: float
-    status: int  # HTTP status; 0 when no HTTP answer came (refused, reset, client timeout)
-    variant: str
-    reason: str
-    retry_after: bool
-
-
-async def _drive(url: str, rate_rps: float, duration_s: float, headers: dict[str, str], body: Callable[[int], dict],
-                 timeout_s: float) -> list[Answer]:
-    # aiohttp, not httpx: on the 2 cores the server shares, httpx's client cost 1.4-1.5 ms of CPU
-    # per request against aiohttp's 0.6-0.8 (measured side by side at 150 req/s), CPU taken
-    # from the service under test and latency added to every answer the generator times.
-    answers: list[Answer] = []
-    endpoint = f"{url.rstrip('/')}/v1/embeddings"
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1024),
-                                    timeout=aiohttp.ClientTimeout(total=timeout_s))
-    async with session as http:
-        async def one(i: int, t0: float) -> None:
-            sent = time.perf_counter()
-            try:
-                async with http.post(endpoint, json=body(i), headers=headers) as r:
-                    await r.read()
-            except (aiohttp.ClientError, TimeoutError):
-                answers.append(Answer(sent - t0, time.perf_counter() - sent, 0, "none", "none", False))
-                return
-            answers.append(Answer(sent - t0, time.perf_counter() - sent, r.status,
-                                  r.headers.get("x-variant", "none"), r.headers.get("x-route-reason", "none"),
-                                  "retry-after" in r.headers))
-
-        t0 = time.perf_counter()
-        tasks, n = [], int(rate_rps * duration_s)
-        for i in range(n):
-            delay = t0 + i / rate_rps - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(i, t0)))
-        await asyncio.gather(*tasks)
-    return sorted(answers, key=lambda a: a.sent_s)
-
-
-def drive(url: str, rate_rps: float, duration_s: float, *, variant: str | None = None, users: int = 0,
-          timeout_s: float = 30.0) -> list[Answer]:
-    """Send ``rate_rps`` single-text requests for ``duration_s`` on a fixed schedule; every answer.
-
-    ``variant`` pins the variant (``X-Variant``); ``users`` > 0 spreads requests over that many
-    sticky user ids; otherwise requests are routed by weight.
-    """
-    headers = {"X-Variant": variant} if variant else {}
-
-    def body(i: int) -> dict:
-        b = {"input": TEXTS[i % len(TEXTS)], "encoding_format": "base64"}
-        if users:
-            b["user"] = f"user-{i % users}"
-        return b
-
-    return asyncio.run(_drive(url, rate_rps, duration_s, headers, body, timeout_s))
-
-
-class LoadSummary(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    offered_rps: float
-    duration_s: float
-    sent: int
-    ok: int
-    shed: int  # 429 or 503: the service said "not now"
-    failed: int  # anything else: no answer, another 5xx, an unexpected 4xx
-    shed_without_retry_after: int
-    by_status: dict[str, int]
-    by_route: dict[str, int]  # "variant/reason" of answered requests
-    ok_p50_ms: float | None
-    ok_p99_ms: float | None
-
-    @property
-    def failure_ratio(self) -> float:
-        return self.failed / self.sent if self.sent else 0.0
-
-
-def summarise(answers: Sequence[Answer], offered_rps: float, duration_s: float) -> LoadSummary:
-    from service.cost.loadtest import percentile  # nearest rank: the same percentiles as the load tests
-
-    ok = sorted(a.latency_s * 1000 for a in answers if a.status == 200)
-    shed = [a for a in answers if a.status in (429, 503)]
-    return LoadSummary(
-        offered_rps=offered_rps, duration_s=duration_s, sent=len(answers), ok=len(ok), shed=len(shed),
-        failed=sum(1 for a in answers if a.status not in (200, 429, 503)),
-        shed_without_retry_after=sum(1 for a in shed if not a.retry_after),
-        by_status={str(k): v for k, v in sorted(Counter(a.status for a in answers).items())},
-        by_route={k: v for k, v in sorted(Counter(f"{a.variant}/{a.reason}" for a in answers
-                                                  if a.status == 200).items())},
-        ok_p50_ms=percentile(ok, 50) if ok else None, ok_p99_ms=percentile(ok, 99) if ok else None)
 
 
 # ---- replica processes ------------------------------------------------------------------------------
@@ -232,7 +126,7 @@ class _RssSampler:
             self.samples.append({d: _rss_mb(p) for d, p in serve_pids(self._app).items()})
             self._stop.wait(self._period)
 
-    def __enter__(self) -> _RssSampler:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -317,7 +211,7 @@ def overload(url: str, *, x_slo_rps: float, slo_p99_ms: float = 100.0, factor: f
 
 def overload_factor(x_slo_rps: float, answered_rps: float = 0.0, overload_rps: float | None = None) -> float:
     """How many times X_slo the overload scenario offers: at least 3; twice ``answered_rps`` (the
-    highest rate a sweep saw answered) when that is more, since X_slo is set by p99 and error
+    highest rate a search or sweep saw answered) when that is more, since X_slo is set by p99 and error
     ratio, which noise or an admission limit can pull far below what the variant carries; or
     ``overload_rps`` when that is more still."""
     return max(3.0, 2.0 * answered_rps / x_slo_rps, (overload_rps or 0.0) / x_slo_rps)
@@ -458,7 +352,38 @@ def soak(url: str, *, rate_rps: float, duration_s: float = 600.0, max_rss_growth
 # ---- the full run (`twinserve reliability`, `make reliability`) --------------------------------------
 
 SCENARIOS = ("overload", "kill", "soak")
-SWEEP_RATES_RPS = (1.0, 2.0, 4.0, 8.0, 16.0, 24.0, 32.0, 48.0, 64.0, 96.0, 128.0, 192.0, 256.0)
+SEARCH_BUDGET_S = 180.0  # per variant
+
+
+def _search_x_slo(url: str, out_dir: Path, slo, summary: dict, say: Callable[[str], None]
+                  ) -> tuple[dict[str, float], float]:
+    """X_slo of each variant (pinned, one text per request, as the scenarios send) by the
+    open-loop capacity search; the searches go to ``capacity.json``. A search that found no
+    confirmed X_slo gives its best single pass (said so in the summary's notes), else 0.
+    Returns X_slo per variant and the most the pruned variant answered in any probe."""
+    import json
+
+    from service.capacity_search import SearchPlan, find_capacity
+
+    plan = SearchPlan(start_rps=8.0, max_total_s=SEARCH_BUDGET_S)
+    found, searches, answered = {}, {}, 0.0
+    for variant in ("dense", "pruned"):
+        say(f"X_slo of {variant}: open-loop capacity search, pinned, 1 text per request (<= {plan.max_total_s:g} s)")
+        r = find_capacity(f"{url}/v1/embeddings", plan=plan, criteria=slo, headers={"X-Variant": variant},
+                          model=f"twinserve-{variant}", on_probe=lambda p, v=variant: say(
+                              f"  {v:6} {p.phase:7} {p.offered_rps:6.1f} req/s offered, {p.answered_rps:6.1f} "
+                              f"answered 200, p99 {p.latency.p99_ms if p.latency else float('nan'):.0f} ms"
+                              + ("" if p.passed else f" ({'; '.join(p.reasons)})")))
+        searches[variant] = r.model_dump(mode="json")
+        found[variant] = r.x_slo_rps or r.best_single_pass_rps or 0.0
+        if r.x_slo_rps is None:
+            summary.setdefault("notes", []).append(
+                f"{variant}: the search found no confirmed X_slo ({r.status}); using its best single pass, "
+                f"{found[variant]:g} req/s")
+        if variant == "pruned":
+            answered = r.max_answered_rps
+    (out_dir / "capacity.json").write_text(json.dumps(searches, indent=2) + "\n")
+    return found, answered
 
 
 def _set_weights(url: str, token: str, dense: float) -> dict[str, float]:
@@ -474,9 +399,10 @@ def run_reliability(*, out_dir: Path = Path("results") / "reliability", artifact
                     say: Callable[[str], None] = print) -> dict:
     """Serve the artifacts in the background and run every scenario at full length; ``summary.json``.
 
-    X_slo per variant comes from a Locust step sweep (the definition the cost report uses) unless
-    given. Rates are chosen so that each scenario tests what it names: overload offers 3x the
-    pruned variant's X_slo to that variant, or twice the highest rate the sweep saw it carry, or
+    X_slo per variant comes from the open-loop capacity search (``service.capacity_search``,
+    written to ``capacity.json``) unless given. Rates are chosen so that each scenario tests what
+    it names: overload offers 3x the pruned variant's X_slo to that variant, or twice the highest
+    rate the search saw it carry, or
     ``overload_rps``, whichever is most (pinned: routed overflow would fall back to dense);
     the failure scenarios run at a rate either variant can carry alone, since the survivor takes
     everything; the soak runs routed traffic with each variant at half its own X_slo. The summary
@@ -485,11 +411,11 @@ def run_reliability(*, out_dir: Path = Path("results") / "reliability", artifact
     """
     import json
     import secrets
-    from datetime import datetime
+    from datetime import UTC, datetime
 
     from service._net import free_port
     from service.bench import hardware_description
-    from service.cost.loadtest import SloCriteria, SweepPlan, run_sweep
+    from service.capacity_search import SloCriteria
     from service.demo import SERVER_START_TIMEOUT_S, LocalServer, ensure_artifacts
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -511,20 +437,9 @@ def run_reliability(*, out_dir: Path = Path("results") / "reliability", artifact
     url, metrics_url = server.url, f"http://127.0.0.1:{metrics_port}/metrics"
     try:
         server.wait_ready(SERVER_START_TIMEOUT_S)
-        answered = 0.0  # the highest rate the sweep saw the pruned variant answer, SLO or not
+        answered = 0.0  # the highest rate the search saw the pruned variant answer, SLO or not
         if x_slo_rps is None:
-            say(f"X_slo: Locust step sweep of each variant, {list(SWEEP_RATES_RPS)} req/s, 10 s steps")
-            plan = SweepPlan(rates_rps=list(SWEEP_RATES_RPS), step_duration_s=10, warmup_s=2, arrival="constant")
-
-            def on_step(variant, s) -> None:
-                p99 = f"{s.latency.p99_ms:.0f} ms" if s.latency else "-"
-                say(f"  {variant:6} {s.offered_rps:4g} req/s offered, {s.achieved_rps:5.1f} completed, "
-                    f"{s.ok_rps:5.1f} answered 200, p99 {p99}")
-
-            sweep = run_sweep(url, variants=["dense", "pruned"], plan=plan, slo=slo, out=out_dir / "loadtest.json",
-                              on_step=on_step)
-            x_slo_rps = {v.variant: v.x_slo_rps or 0.0 for v in sweep.variants}
-            answered = max(s.ok_rps for s in sweep.variant("pruned").steps)
+            x_slo_rps, answered = _search_x_slo(url, out_dir, slo, summary, say)
         summary["x_slo_rps"] = x_slo_rps
         say(f"X_slo: {x_slo_rps}")
         x_pruned, x_dense = x_slo_rps["pruned"], x_slo_rps["dense"]

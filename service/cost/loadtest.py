@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import math
 import os
 import platform
 import shutil
@@ -28,7 +27,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
@@ -43,6 +42,9 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+
+from service.capacity_search import SloCriteria  # one definition, shared with the capacity search
+from service.loadgen import percentile  # nearest rank (numpy inverted_cdf), one definition
 
 __all__ = [
     "GENERATOR_CPU_BOUND_CORES",
@@ -75,13 +77,6 @@ class LoadTestError(RuntimeError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class SloCriteria(_Strict):
-    slo_p99_ms: PositiveFloat = Field(100.0, description="client-side p99 latency a step must stay within, ms")
-    max_error_ratio: float = Field(0.001, gt=0, le=1, description="errors must be below this share of requests")
-    min_achieved_ratio: float = Field(
-        0.95, gt=0, le=1, description="achieved/offered rate at or above which a step is not saturated")
 
 
 class SweepPlan(_Strict):
@@ -227,16 +222,6 @@ class RawRun(_Strict):
 
 
 # --------------------------------------------------------------------------- pure parts
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (``q`` in [0, 100]) of an ascending sequence: a value that was observed."""
-    if not sorted_values:
-        raise ValueError("percentile of no values")
-    if not 0 <= q <= 100:
-        raise ValueError(f"q must be in [0, 100], got {q}")
-    rank = max(1, math.ceil(round(q / 100 * len(sorted_values), 9)))
-    return float(sorted_values[rank - 1])
 
 
 def step_verdict(
@@ -473,7 +458,7 @@ def run_sweep(
             f"the load generator ran on the server's machine ({server.cpu_count} CPUs) and took CPU from it: see "
             "generator_cpu_cores per step; capacities are therefore conservative for a dedicated machine")
     result = LoadTestResult(
-        created_at=datetime.now(timezone.utc), target_url=url, locust_version=version("locust"),
+        created_at=datetime.now(UTC), target_url=url, locust_version=version("locust"),
         locustfile=str(locustfile), generator_hardware=hardware_description(),
         generator_cpu_count=effective_cpu_count(), server=server, slo=slo, plan=plan, variants=sweeps, notes=notes)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,297 @@
+"""Capacity by search: X_slo, the highest offered rate a server carries within the SLO.
+
+The method of Hugging Face's "1 billion classifications" study: an exponential ramp of the
+offered rate until a probe fails, then a binary search between the highest rate that passed
+and the lowest that failed, then a repeat of the winner. Each probe is one open-loop run
+(``service.loadgen``) long enough for its p99 to mean something: at least
+``min_requests`` requests or ``min_duration_s`` seconds, whichever comes first (never less
+than ``min_window_s``), after a ``warmup_s`` that is sent but not counted.
+
+A probe passes when, over its window,
+
+* p99 of the answered (200) requests, timed from the scheduled send, is <= the SLO,
+* errors (anything but 200, including no answer) are under ``max_error_ratio``, and
+* the server answered (200, completed inside the window) >= ``min_achieved_ratio`` of the
+  offered rate: a server that falls behind is saturated even while its p99 still looks fine.
+
+X_slo is the highest passing rate whose repeat also passed. When the repeat fails, the rate is
+reported as noisy and the next lower passing rate is repeated instead (a few at most). The
+failure just above X_slo is repeated too: when it passes, it is reported as noisy (X_slo may be
+higher). A rate that passed above one that failed is reported as non-monotone. Every probe, repeats included,
+is in the result, so both runs of a noisy rate are there to read. The search stops starting
+probes when its time budget (``max_total_s``) would be passed, keeping room for the repeat.
+
+:func:`search_capacity` is the search alone, a pure function over a probe (tested with fake
+probes); :func:`http_probe` makes the real probe; :func:`find_capacity` joins them;
+:func:`plot_searches` (``_load_plot``) draws the results. The typed results live in
+``_capacity_schema`` and are exported from here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+from service._capacity_schema import (
+    CPU_FEATURES,
+    CapacityRun,
+    LatencyPercentiles,
+    Phase,
+    ProbeResult,
+    SearchPlan,
+    SearchResult,
+    SloCriteria,
+    cpu_flags,
+)
+from service._load_plot import plot_searches
+from service.loadgen import SHAPES, Answer, RequestShape, embedding_bodies, open_loop, percentile
+
+__all__ = [
+    "CPU_FEATURES",
+    "CapacityRun",
+    "LatencyPercentiles",
+    "Phase",
+    "Probe",
+    "ProbeResult",
+    "SearchPlan",
+    "SearchResult",
+    "SloCriteria",
+    "cpu_flags",
+    "find_capacity",
+    "http_probe",
+    "plot_searches",
+    "probe_result",
+    "probe_verdict",
+    "search_capacity",
+]
+
+Probe = Callable[[float, Phase], ProbeResult]
+
+
+# ---- one probe: pure summary of the answers ---------------------------------------------------------
+
+def probe_verdict(*, offered_rps: float, answered_rps: float, p99_ms: float | None, error_ratio: float,
+                  criteria: SloCriteria) -> list[str]:
+    """Why a probe does not count towards X_slo; empty when it passes."""
+    reasons = []
+    if p99_ms is None:
+        reasons.append("nothing was answered")
+    elif p99_ms > criteria.slo_p99_ms:
+        reasons.append(f"p99 {p99_ms:.1f} ms > SLO {criteria.slo_p99_ms:g} ms")
+    if error_ratio >= criteria.max_error_ratio:
+        reasons.append(f"errors {error_ratio:.2%} >= {criteria.max_error_ratio:.2%}")
+    if answered_rps < criteria.min_achieved_ratio * offered_rps:
+        reasons.append(f"answered {answered_rps:.1f} req/s < {criteria.min_achieved_ratio:.0%} of "
+                       f"{offered_rps:.1f} offered")
+    return reasons
+
+
+def probe_result(answers: Sequence[Answer], *, offered_rps: float, warmup_s: float, window_s: float,
+                 criteria: SloCriteria, phase: Phase, generator_cpu_cores: float = 0.0,
+                 machine_cpu_cores: float = 0.0, wall_s: float = 0.0, late_send_ms: float | None = None,
+                 fail_late: bool = False) -> ProbeResult:
+    """Summarise the answers scheduled in [warmup_s, warmup_s + window_s) and judge them.
+
+    A probe whose sends lagged the schedule by more than ``late_send_ms`` (p99) is flagged
+    generator-late (on a machine too busy to offer the load on time, the figure is not only the
+    server's); with ``fail_late`` it also fails."""
+    end = warmup_s + window_s
+    mine = [a for a in answers if warmup_s <= a.scheduled_s < end]
+    ok = [a.latency_s * 1000 for a in mine if a.status == 200]
+    errors = len(mine) - len(ok)
+    error_ratio = errors / len(mine) if mine else 0.0
+    answered = sum(1 for a in answers if a.status == 200 and warmup_s <= a.done_s < end)
+    answered_rps = answered / window_s
+    latency = None
+    if ok:
+        latency = LatencyPercentiles(p50_ms=percentile(ok, 50), p90_ms=percentile(ok, 90),
+                                     p99_ms=percentile(ok, 99), max_ms=max(ok), mean_ms=sum(ok) / len(ok))
+    status: dict[str, int] = {}
+    for a in mine:
+        status[str(a.status)] = status.get(str(a.status), 0) + 1
+    reasons = probe_verdict(offered_rps=offered_rps, answered_rps=answered_rps,
+                            p99_ms=latency.p99_ms if latency else None, error_ratio=error_ratio, criteria=criteria)
+    lag_p99_ms = percentile([a.lag_s * 1000 for a in mine], 99) if mine else 0.0
+    late = late_send_ms is not None and lag_p99_ms > late_send_ms
+    if late and fail_late:
+        reasons.append(f"generator late: sends lagged {lag_p99_ms:.1f} ms (p99) > {late_send_ms:g} ms")
+    return ProbeResult(
+        phase=phase, offered_rps=offered_rps, window_s=window_s, warmup_s=warmup_s, sent=len(mine), ok=len(ok),
+        errors=errors, error_ratio=error_ratio, answered_rps=answered_rps, achieved_ratio=answered_rps / offered_rps,
+        latency=latency, status_counts=dict(sorted(status.items())),
+        texts_per_request_mean=sum(a.texts for a in mine) / len(mine) if mine else 0.0,
+        send_lag_p99_ms=lag_p99_ms, generator_late=late,
+        generator_cpu_cores=generator_cpu_cores, machine_cpu_cores=machine_cpu_cores, wall_s=wall_s,
+        passed=not reasons, reasons=reasons)
+
+
+# ---- the search: a pure function over a probe -------------------------------------------------------
+
+def search_capacity(probe: Probe, plan: SearchPlan, criteria: SloCriteria | None = None) -> SearchResult:
+    """Ramp, bisect, confirm; ``probe(rate_rps, phase)`` runs (or fakes) one probe.
+
+    Time is counted from the probes' own ``wall_s``, so the search is a pure function of what
+    the probes return.
+    """
+    criteria = criteria or SloCriteria()
+    probes: list[ProbeResult] = []
+    notes: list[str] = []
+    spent = 0.0
+
+    def fits(*rates: float) -> bool:
+        return spent + sum(plan.probe_s(r) for r in rates) <= plan.max_total_s
+
+    def run(rate: float, phase: Phase) -> bool:
+        nonlocal spent
+        p = probe(rate, phase)
+        probes.append(p)
+        spent += p.wall_s
+        return p.passed
+
+    lo: float | None = None  # highest rate that passed
+    hi: float | None = None  # lowest rate that failed (above lo)
+    out_of_time = False
+    capped = False
+
+    # 1. Exponential ramp, up from start_rps while probes pass; down when the first fails.
+    rate = min(plan.start_rps, plan.max_rps)
+    if not fits(rate, rate):
+        out_of_time = True
+    elif run(rate, "ramp"):
+        lo = rate
+        while True:
+            nxt = rate * plan.growth
+            if nxt > plan.max_rps:
+                if rate < plan.max_rps:
+                    nxt = plan.max_rps
+                else:
+                    capped = True
+                    break
+            if not fits(nxt, nxt):
+                out_of_time = True
+                break
+            if run(nxt, "ramp"):
+                lo = rate = nxt
+            else:
+                hi = nxt
+                break
+    else:
+        hi = rate
+        while True:
+            nxt = rate / plan.growth
+            if nxt < plan.min_rps:
+                break
+            if not fits(nxt, nxt):
+                out_of_time = True
+                break
+            if run(nxt, "ramp"):
+                lo = nxt
+                break
+            hi = rate = nxt
+
+    # 2. Binary search between the highest pass and the lowest failure.
+    while lo is not None and hi is not None and (hi - lo) / lo > plan.resolution:
+        mid = (lo + hi) / 2
+        if not fits(mid, mid):  # keep room for the repeat
+            out_of_time = True
+            notes.append(f"binary search stopped by the time budget at [{lo:.4g}, {hi:.4g}] req/s")
+            break
+        if run(mid, "bisect"):
+            lo = mid
+        else:
+            hi = mid
+
+    # 3. Confirm: repeat the highest pass; when the repeat fails, the next lower pass.
+    x_slo = None
+    tried = 0
+    if lo is not None:
+        candidates = sorted({p.offered_rps for p in probes if p.passed and p.offered_rps <= lo}, reverse=True)
+        for rate in candidates:
+            if tried == plan.max_confirm:
+                notes.append(f"gave up confirming after {tried} repeats failed")
+                break
+            if not fits(rate):
+                out_of_time = True
+                notes.append(f"no time left to repeat {rate:.4g} req/s")
+                break
+            tried += 1
+            if run(rate, "confirm"):
+                x_slo = rate
+                break
+            notes.append(f"{rate:.4g} req/s passed once and failed its repeat: noisy")
+    # ... and repeat the failure that bounded it: one noisy failure must not pass for a limit.
+    if x_slo is not None and hi is not None:
+        if fits(hi):
+            if run(hi, "confirm"):
+                notes.append(f"{hi:.4g} req/s failed once and passed its repeat: noisy, X_slo may be higher")
+        else:
+            notes.append(f"no time left to repeat the failure at {hi:.4g} req/s")
+
+    passed_rates = [p.offered_rps for p in probes if p.passed]
+    failed_rates = [p.offered_rps for p in probes if not p.passed]
+    noisy = sorted(set(passed_rates) & set(failed_rates))
+    inverted = [f for f in failed_rates if any(s > f for s in passed_rates)]
+    if inverted:
+        f = min(inverted)
+        notes.append(f"non-monotone: {max(passed_rates):.4g} req/s passed but {f:.4g} req/s failed")
+    late = sorted({p.offered_rps for p in probes if p.generator_late})
+    if late:
+        notes.append(f"the generator sent more than {plan.late_send_ms:g} ms (p99) behind schedule at "
+                     + ", ".join(f"{r:.4g}" for r in late) + " req/s: the machine was too busy to offer the load on "
+                     "time; those probes' latencies include that delay")
+    if capped:
+        notes.append(f"every rate up to max_rps ({plan.max_rps:g} req/s) passed: X_slo is a lower bound")
+    if x_slo is not None:
+        status = "confirmed"
+    elif not passed_rates:
+        status = "budget" if out_of_time else "none"
+    else:
+        status = "budget" if out_of_time and tried == 0 else "unconfirmed"
+    return SearchResult(
+        criteria=criteria, plan=plan, status=status, x_slo_rps=x_slo, lower_bound=capped and x_slo == plan.max_rps,
+        best_single_pass_rps=max(passed_rates) if passed_rates else None,
+        max_answered_rps=max((p.answered_rps for p in probes), default=0.0),
+        non_monotone=bool(inverted), noisy_rps=noisy, notes=notes, elapsed_s=spent, probes=probes)
+
+
+# ---- the real probe ---------------------------------------------------------------------------------
+
+def http_probe(url: str, *, shape: RequestShape = SHAPES["1"], plan: SearchPlan | None = None,
+               criteria: SloCriteria | None = None, headers: Mapping[str, str] | None = None,
+               model: str | None = None, encoding_format: str | None = "base64", seed: int = 0,
+               on_probe: Callable[[ProbeResult], None] | None = None) -> Probe:
+    """A probe that offers ``POST url`` (an OpenAI ``/embeddings`` endpoint on loopback) requests
+    of ``shape`` at the asked rate for ``plan.warmup_s + plan.window_s(rate)``."""
+    plan = plan or SearchPlan()
+    criteria = criteria or SloCriteria()
+
+    def probe(rate_rps: float, phase: Phase) -> ProbeResult:
+        t0 = time.monotonic()
+        window = plan.window_s(rate_rps)
+        duration = plan.warmup_s + window
+        n = int(rate_rps * duration + 1e-9)
+        run = open_loop(url, rate_rps, duration, embedding_bodies(shape, n, model=model,
+                                                                   encoding_format=encoding_format, seed=seed),
+                        headers=dict(headers or {}), timeout_s=plan.timeout_s, texts=shape.counts(n, seed))
+        result = probe_result(run.answers, offered_rps=rate_rps, warmup_s=plan.warmup_s, window_s=window,
+                              criteria=criteria, phase=phase, generator_cpu_cores=run.cpu_cores,
+                              machine_cpu_cores=run.machine_busy_cores, late_send_ms=plan.late_send_ms,
+                              fail_late=plan.fail_late_probes)
+        time.sleep(plan.pause_s + (0.0 if result.passed else plan.recovery_s))
+        result = result.model_copy(update={"wall_s": time.monotonic() - t0})
+        if on_probe:
+            on_probe(result)
+        return result
+
+    return probe
+
+
+def find_capacity(url: str, *, shape: RequestShape = SHAPES["1"], plan: SearchPlan | None = None,
+                  criteria: SloCriteria | None = None, headers: Mapping[str, str] | None = None,
+                  model: str | None = None, on_probe: Callable[[ProbeResult], None] | None = None) -> SearchResult:
+    """X_slo of the server behind ``url`` for requests of ``shape``: :func:`search_capacity`
+    over :func:`http_probe`."""
+    plan = plan or SearchPlan()
+    criteria = criteria or SloCriteria()
+    return search_capacity(http_probe(url, shape=shape, plan=plan, criteria=criteria, headers=headers, model=model,
+                                      on_probe=on_probe), plan, criteria)
