@@ -34,3 +34,12 @@ def test_overload_offers_at_least_3x_x_slo_or_twice_what_was_answered():
     assert overload_factor(64.0, answered_rps=166.0) == 2 * 166.0 / 64
     assert overload_factor(64.0, answered_rps=166.0, overload_rps=512.0) == 8.0
     assert overload_factor(64.0, overload_rps=100.0) == 3.0
+
+
+def test_a_run_with_no_scenario_is_a_fail_not_a_pass():
+    from service.reliability import verdict
+
+    assert verdict({}) is False
+    assert verdict({"soak": {"passed": True}}) is True
+    assert verdict({"soak": {"passed": True}, "overload": {"passed": False}}) is False
+    assert verdict({"overload": {}}) is False  # a scenario that never wrote its verdict
