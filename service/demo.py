@@ -105,7 +105,7 @@ def _interrupt(signum, frame):
 def _shadow_counts(prom) -> dict[str, float]:
     from service.cost.report import DEFAULT_SHADOW_METRIC
 
-    return prom.query(f"sum by (variant) ({DEFAULT_SHADOW_METRIC}_count)")
+    return prom.query(f"sum by (variant) ({DEFAULT_SHADOW_METRIC}_texts_total)")
 
 
 def _wait_for(check: Callable[[], bool], timeout_s: float) -> bool:

@@ -40,7 +40,9 @@ __all__ = [
     "write_report",
 ]
 
-DEFAULT_SHADOW_METRIC = "ray_twinserve_shadow_cosine"  # Ray prefixes custom metrics with ray_
+# Ray prefixes custom metrics with ray_. The mean agreement is <prefix>_cosine_sum_total /
+# <prefix>_texts_total: exact counters (a Ray histogram's _sum is made of bucket midpoints).
+DEFAULT_SHADOW_METRIC = "ray_twinserve_shadow"
 VARIANTS = ("dense", "pruned")
 
 
@@ -61,7 +63,7 @@ class ReportConfig(_Strict):
     pruned_instance: str | None = Field(None, description="instance for the pruned fleet (default: cheapest $/1M)")
     traffic_max_rps: float | None = Field(None, gt=0, description="right end of the fleet-cost plot, req/s")
     shadow_window: str = Field("1h", pattern=r"^\d+[smhdw]$", description="PromQL range for live shadow agreement")
-    shadow_metric: str = Field(DEFAULT_SHADOW_METRIC, description="histogram of shadow cosines, label `variant`")
+    shadow_metric: str = Field(DEFAULT_SHADOW_METRIC, description="prefix of the shadow counters (<prefix>_cosine_sum_total, <prefix>_texts_total), label `variant`")
 
 
 class Criteria(_Strict):
@@ -244,9 +246,9 @@ def query_shadow_agreement(prometheus_url: str, *, metric: str = DEFAULT_SHADOW_
     """Mean live shadow cosine and sample count per shadow variant over ``window`` (Prometheus HTTP API)."""
     base = prometheus_url.rstrip("/")
     queries = {
-        "mean": f"sum by (variant) (increase({metric}_sum[{window}])) / "
-                f"sum by (variant) (increase({metric}_count[{window}]))",
-        "count": f"sum by (variant) (increase({metric}_count[{window}]))",
+        "mean": f"sum by (variant) (increase({metric}_cosine_sum_total[{window}])) / "
+                f"sum by (variant) (increase({metric}_texts_total[{window}]))",
+        "count": f"sum by (variant) (increase({metric}_texts_total[{window}]))",
     }
     got: dict[str, dict[str, float]] = {}
     for key, q in queries.items():

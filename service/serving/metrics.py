@@ -46,8 +46,19 @@ class ServingMetrics:
         self.shadow_cosine = Histogram(
             "twinserve_shadow_cosine",
             description="Cosine between the answering and the shadow variant's embedding of the same text; "
-                        "variant is the shadow.",
+                        "variant is the shadow. For its distribution (quantiles); the mean is in the counters.",
             boundaries=COSINE_BUCKETS, tag_keys=("variant",))
+        # The exact mean agreement: Ray exports a histogram's _sum from bucket midpoints (its
+        # OpenTelemetry recorder), so shadow_cosine_sum / shadow_cosine_count was off by up to half
+        # a bucket (0.15 in [0.5, 0.8)). Two counters carry the exact sum and count.
+        self.shadow_cosine_sum = Counter(
+            "twinserve_shadow_cosine_sum_total",
+            description="Sum of the cosines between the answering and the shadow variant's embeddings, one per "
+                        "text; divided by twinserve_shadow_texts_total it is the exact mean agreement.",
+            tag_keys=("variant",))
+        self.shadow_texts = Counter(
+            "twinserve_shadow_texts_total", description="Texts compared by shadow requests, per shadow variant.",
+            tag_keys=("variant",))
         self.shadow_latency = Histogram(
             "twinserve_shadow_latency_seconds",
             description="Latency of shadow requests, seconds; variant is the shadow.",

@@ -66,6 +66,8 @@ class Shadow:
                 self._metrics.shadow_latency.observe(latency, tags=tags)
                 for c in cos.tolist():
                     self._metrics.shadow_cosine.observe(c, tags=tags)
+                self._metrics.shadow_cosine_sum.inc(float(cos.sum()), tags=tags)
+                self._metrics.shadow_texts.inc(len(cos), tags=tags)
             self.completed += 1
             self.cosine_sum += float(cos.mean())
             self.cosine_min = min(float(cos.min()), 1.0 if self.cosine_min is None else self.cosine_min)
