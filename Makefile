@@ -70,7 +70,7 @@ peers: setup .venv-peers/.installed $(ARTIFACTS)/manifest.json
 
 # Dependency vulnerability scan (also a test in `make test`); known findings: deploy/dependency-audit.yaml.
 audit: setup
-	$(PY) -m pytest tests/unit/test_dependency_audit.py -rs
+	$(PY) -m pytest tests/network/test_dependency_audit.py -rs
 
 test: setup
 	$(PY) -m pytest tests

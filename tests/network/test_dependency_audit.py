@@ -6,7 +6,11 @@ that is unreachable (this workplace's network reaches PyPI's per-project JSON bu
 per-release one), pip-audit audits nothing, and the test falls back to what is reachable: for each
 dependency installed at its newest release, the project JSON's ``vulnerabilities`` list is that
 release's. Dependencies older than their newest release cannot be checked that way; they are
-counted and printed, and the test is skipped (never passed) when none could be checked at all.
+counted and printed. Either path must audit at least 90% of the dependencies on PyPI (172 of 181
+when this was written), so a run that could check almost nothing fails instead of passing; the
+test is skipped (never passed) only when neither PyPI API answers at all.
+
+In tests/network, not tests/unit: it needs PyPI (a package registry, reachable from CI here).
 """
 
 from __future__ import annotations
@@ -78,6 +82,10 @@ def _latest_release_fallback(deps: list[dict], known: set[str]) -> None:
     print(f"pip-audit could not reach PyPI's per-release API; checked {len(checked)} of {len(deps)} dependencies "
           f"at their newest release; {len(older)} older than their newest release, not checkable here: "
           f"{', '.join(older)}; {len(unknown)} not on PyPI: {', '.join(unknown)}")
-    assert not findings, "unlisted vulnerabilities:\n" + "\n".join(findings)
-    if not checked:
+    if not checked and not older:
         pytest.skip("no dependency could be checked: neither PyPI API is reachable from this machine")
+    assert not findings, "unlisted vulnerabilities:\n" + "\n".join(findings)
+    on_pypi = len(checked) + len(older)
+    assert len(checked) >= 0.9 * on_pypi, (
+        f"only {len(checked)} of the {on_pypi} dependencies on PyPI could be checked at their newest release; "
+        f"upgrade the older ones or audit where PyPI's per-release API is reachable")
