@@ -37,6 +37,18 @@ class PruneConfig(BaseModel):
     int8_budget: confloat(ge=0, le=1) = Field(
         0.01, description="largest drop in mean cosine that INT8 may cost; above it the pruned variant stays fp32")
     heldout_texts: PositiveInt = Field(2000, description="held-out texts for fidelity (never trained on)")
+    everyday_texts: int = Field(
+        2000, ge=0, description="texts of the second held-out set (chatterbot-corpus dialogues, a source never "
+                                "trained on); 0 leaves it out")
+    runtimes: tuple[Literal["onnxruntime", "openvino"], ...] = Field(
+        ("onnxruntime", "openvino"), min_length=1,
+        description="CPU runtimes measured for the frontier (openvino is skipped, with a note, when not installed)")
+    calibration_texts: PositiveInt = Field(
+        300, description="training texts that calibrate NNCF's post-training INT8 (OpenVINO)")
+    min_mean_cosine: confloat(ge=0, le=1) = Field(
+        0.97, description="fidelity floor: mean cosine to dense on every held-out set for a CPU variant to qualify")
+    min_recall_at_10: confloat(ge=0, le=1) = Field(
+        0.85, description="fidelity floor: recall@10 on every held-out set for a CPU variant to qualify")
     max_corpus_texts: PositiveInt = Field(200_000, description="cap on training texts read from the corpus")
     latency_runs: PositiveInt = Field(20, description="timed runs per latency cell in the manifest")
     threads: PositiveInt | None = Field(None, description="torch/ORT threads; default: all cores")

@@ -55,11 +55,26 @@ def check_artifact_contract(out: Path) -> Manifest:
     assert m.pruned.flops_per_token["128"] < m.dense.flops_per_token["128"]
     assert load_encoder(out / "pruned").config.layers == tuple(m.pruned.layers)
     assert m.pruned.fidelity is not None and -1 <= m.pruned.fidelity.mean_cosine <= 1
-    assert {"pruned-fp32", "pruned-int8", "dense-int8"} <= set(m.candidates)
+    assert {"pruned-onnxruntime-fp32", "pruned-onnxruntime-int8", "dense-onnxruntime-int8"} <= set(m.candidates)
     assert set(m.quantization["graph_fusion"]) == {"dense", "pruned-fp32"}
-    variants = {r.variant for r in m.latency}
-    assert variants == {"dense", "dense-int8", "pruned-fp32", "pruned-int8"}
-    assert {(r.batch, r.seq_len) for r in m.latency} == {(1, 16), (1, 128), (32, 128)}
+    # the frontier: dense and pruned x runtime x precision, each with both held-out sets and every cell
+    names = {c.name for c in m.frontier}
+    assert {f"{model}-{rt}-{p}" for model in ("dense", "pruned") for rt in ("onnxruntime", "openvino")
+            for p in ("fp32", "int8")} == names
+    assert {r.variant for r in m.latency} == names
+    assert {(r.batch, r.seq_len) for r in m.latency} == {(1, 16), (1, 128), (32, 32)}
+    for c in m.frontier:
+        assert set(c.fidelity) == {"heldout", "everyday"} and set(c.latency_ms) == {"1x16", "1x128", "32x32"}
+    assert m.corpus.heldout_sets == {"heldout": m.corpus.n_heldout, "everyday": TINY_PRUNE.everyday_texts}
+    # the CPU variant: a pruned candidate of the frontier, its files hashed, chosen by the pure rule
+    from service.pruning.select import select_cpu_variant
+
+    cv = m.cpu_variant
+    sel = select_cpu_variant(m.frontier, min_mean_cosine=cv.min_mean_cosine, min_recall_at_10=cv.min_recall_at_10)
+    assert cv.candidate == sel.chosen.name and cv.model == "pruned" and cv.meets_floor == sel.meets_floor
+    assert (cv.runtime, cv.precision) == (sel.chosen.runtime, sel.chosen.precision)
+    assert cv.file == cv.files[0] and all(f in m.files for f in cv.files)
+    assert cv.best_quantised_dense in names and cv.summary and cv.cpu
     assert m.latency_hardware
     return m
 
@@ -75,10 +90,25 @@ def test_manifest_schema_roundtrip(tiny_artifacts):
     m = load_manifest(tiny_artifacts)
     again = Manifest.model_validate_json(m.model_dump_json())
     assert again == m
+    assert again.cpu_variant == m.cpu_variant and again.frontier == m.frontier and m.frontier
     raw = json.loads((tiny_artifacts / "manifest.json").read_text())
     raw["surprise"] = 1
     with pytest.raises(ValueError):
         Manifest.model_validate(raw)
+    raw.pop("surprise")
+    raw["cpu_variant"]["runtime"] = "tensorrt"  # not a runtime the server can load
+    with pytest.raises(ValueError):
+        Manifest.model_validate(raw)
+
+
+def test_manifest_from_before_the_cpu_variant_still_loads(tiny_artifacts):
+    """A job-version-4 manifest (no frontier, no cpu_variant, no held-out set counts) still validates."""
+    raw = json.loads((tiny_artifacts / "manifest.json").read_text())
+    for key in ("frontier", "cpu_variant"):
+        raw.pop(key)
+    raw["corpus"].pop("heldout_sets")
+    old = Manifest.model_validate(raw)
+    assert old.cpu_variant is None and old.frontier == [] and old.corpus.heldout_sets == {}
 
 
 def test_onnx_parity_pruned_torch_vs_onnx_fp32(tiny_artifacts, tmp_path):
