@@ -424,5 +424,9 @@ def _build(teacher, model_dir, model_sha256, tmp, cfg, corpus, fingerprint, pres
         cpu_variant=cpu_variant,
         files=hash_directory(tmp),
     )
+    from service.pruning.frontier import render_candidates
+
+    render_candidates(manifest, tmp)  # frontier.md and frontier.png beside the manifest, hashed like the rest
+    manifest = manifest.model_copy(update={"files": hash_directory(tmp)})
     write_manifest(manifest, tmp)
     return manifest

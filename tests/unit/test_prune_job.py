@@ -25,7 +25,7 @@ from service.pruning.export import export_onnx, fused_ops, quantize_int8
 from service.pruning.manifest import ArtifactIntegrityError, Manifest, load_manifest, verify_artifacts
 from tests.conftest import TINY_PRUNE
 
-REQUIRED_FILES = {"manifest.json", "tokenizer.json", "dense.onnx", "pruned.onnx",
+REQUIRED_FILES = {"manifest.json", "tokenizer.json", "dense.onnx", "pruned.onnx", "frontier.md", "frontier.png",
                   "dense/config.json", "dense/model.safetensors", "pruned/config.json", "pruned/model.safetensors"}
 
 
@@ -75,6 +75,8 @@ def check_artifact_contract(out: Path) -> Manifest:
     assert (cv.runtime, cv.precision) == (sel.chosen.runtime, sel.chosen.precision)
     assert cv.file == cv.files[0] and all(f in m.files for f in cv.files)
     assert cv.best_quantised_dense in names and cv.summary and cv.cpu
+    # the frontier table and plot are published beside the manifest
+    assert cv.candidate in (out / "frontier.md").read_text() and "frontier.png" in m.files
     assert m.latency_hardware
     return m
 
@@ -249,8 +251,10 @@ def test_bench_writes_interleaved_json(tiny_artifacts, tmp_path):
     out = tmp_path / "bench.json"
     run_bench(tiny_artifacts, batches=(1, 8), lengths=(16, 32), runs=2, threads=1, with_torch=True, out=out)
     result = BenchResult.model_validate_json(out.read_text())
+    cv = load_manifest(tiny_artifacts).cpu_variant
+    extra = () if cv.file == "pruned.onnx" else (f"cpu-variant-{cv.runtime}-{cv.precision}",)
     assert {(c.variant, c.batch, c.seq_len) for c in result.cells} == {
-        (v, b, s) for v in ("dense", "pruned", "dense-torch-cpu") for b in (1, 8) for s in (16, 32)}
+        (v, b, s) for v in ("dense", "pruned", "dense-torch-cpu", *extra) for b in (1, 8) for s in (16, 32)}
     assert all(c.median_ms > 0 and c.runs == 2 * 3 for c in result.cells)  # 2 repetitions x blocks of 3
     assert all(c.speedup_vs_dense == pytest.approx(1.0) for c in result.cells if c.variant == "dense")
 
