@@ -162,7 +162,7 @@ def render_candidates(manifest: Manifest, out_dir: Path) -> tuple[Path, Path]:
             ax.scatter(c.speedup_vs_dense_fp32[cell], worst, marker=markers[c.runtime], c=colours[c.model],
                        s=120 if cv is not None and c.name == cv.candidate else 50,
                        edgecolors="black" if cv is not None and c.name == cv.candidate else "none")
-            ax.annotate(f"{c.runtime[:4]} {c.precision}", (c.speedup_vs_dense_fp32[cell], worst), fontsize=7,
+            ax.annotate(f"{'ORT' if c.runtime == 'onnxruntime' else 'OV'} {c.precision}", (c.speedup_vs_dense_fp32[cell], worst), fontsize=7,
                         xytext=(4, 3), textcoords="offset points")
         if cv is not None:
             ax.axhline(cv.min_mean_cosine, ls="--", c="grey", lw=0.8)

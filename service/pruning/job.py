@@ -372,12 +372,12 @@ def _build(teacher, model_dir, model_sha256, tmp, cfg, corpus, fingerprint, pres
             r.variant = REFERENCE
     floor = dict(min_mean_cosine=cfg.min_mean_cosine, min_recall_at_10=cfg.min_recall_at_10)
     frontier = []
-    for name in measured:
-        model, runtime, prec = name.split("-")
-        mine = {f"{r.batch}x{r.seq_len}": r for r in rows if r.variant == name}
-        fid = reference[name]
+    for cand in measured:
+        model, runtime, prec = cand.split("-")
+        mine = {f"{r.batch}x{r.seq_len}": r for r in rows if r.variant == cand}
+        fid = reference[cand]
         frontier.append(CandidateMeasurement(
-            name=name, model=model, runtime=runtime, precision=prec, fidelity=fid,
+            name=cand, model=model, runtime=runtime, precision=prec, fidelity=fid,
             latency_ms={c: r.median_ms for c, r in mine.items()},
             speedup_vs_dense_fp32={c: r.speedup_vs_dense for c, r in mine.items()},
             meets_floor=meets_floor(fid, **floor)))

@@ -83,6 +83,7 @@ def check_artifact_contract(out: Path) -> Manifest:
 
 def test_tiny_job_meets_the_artifact_contract(tiny_artifacts):
     m = check_artifact_contract(tiny_artifacts)
+    assert m.name == tiny_artifacts.name
     assert m.criterion == TINY_PRUNE.criterion
     assert len(m.schedule["history"]) == TINY_PRUNE.pruning_steps
     assert len(m.pruned.layers) == 2  # layer_sparsity 0.34 of 3 layers
