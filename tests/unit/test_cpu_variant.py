@@ -193,6 +193,12 @@ def test_no_pruned_candidate_meets_the_floor_publishes_the_closest_marked():
     sel = select_cpu_variant(cands, **FLOOR)
     assert sel.chosen.name == "pruned-openvino-int8" and not sel.meets_floor
     assert "NO pruned candidate meets the floor" in sel.summary and "meets_floor: false" in sel.summary
+    # recall short everywhere but the cosine part met by two: the faster of those two
+    cands += [cand("pruned-onnxruntime-fp32", 4, (0.99, 0.80), (0.98, 0.82)),
+              cand("pruned-openvino-fp32", 3.5, (0.985, 0.79), (0.975, 0.80))]
+    sel = select_cpu_variant(cands[:2] + cands[4:], **FLOOR)
+    assert sel.chosen.name == "pruned-openvino-fp32" and not sel.meets_floor
+    assert "the fastest meeting the mean-cosine part" in sel.summary
 
 
 def test_best_quantised_dense_prefers_one_meeting_the_floor_and_dense_is_never_published():
