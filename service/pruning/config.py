@@ -56,14 +56,20 @@ class PruneConfig(BaseModel):
 
 
 PRESETS: dict[str, PruneConfig] = {
-    # make run and CI on a fresh 2-core machine: a few minutes, modest pruning.
+    # make run and CI on a fresh 2-core machine, within 5 minutes: light pruning (a tenth of the FFN,
+    # no heads) that distillation can repair, on the best runtime (the job measures them all). With
+    # so little removed, a gentler learning rate keeps more (0.978 vs 0.968 at 400 steps for a fifth
+    # of the FFN; BENCHMARKS.md).
     "fast": PruneConfig(
-        criterion="magnitude", head_sparsity=0.25, ffn_sparsity=0.25, pruning_steps=1,
-        distill_steps_per_prune=0, final_distill_steps=60, score_batches=2, batch_size=32,
-        heldout_texts=500, latency_runs=5,
+        criterion="taylor", head_sparsity=0.0, ffn_sparsity=0.1, pruning_steps=1,
+        distill_steps_per_prune=0, final_distill_steps=400, score_batches=4, batch_size=32, learning_rate=3e-4,
+        heldout_texts=500, calibration_texts=128, latency_runs=5,
     ),
-    # the benchmark preset: 48/72 heads, half the FFN, 6 pruning steps, 6,800 distillation steps; about 31 minutes on 2 cores.
-    "default": PruneConfig(),
+    # the benchmark preset: a sixth of the heads (60/72 kept) and a third of the FFN, 6 pruning steps,
+    # 6,800 distillation steps (about 31 minutes on 2 cores before the frontier's measurements). Lighter
+    # than before (48/72 heads, half the FFN reached 0.958 on WordNet but lower on everyday text):
+    # the fidelity floor of 0.97 on both held-out sets binds, not speed (issue 16).
+    "default": PruneConfig(head_sparsity=1 / 6, ffn_sparsity=1 / 3, learning_rate=5e-4),
     # smaller and faster, at a larger fidelity cost.
     "aggressive": PruneConfig(
         head_sparsity=0.5, ffn_sparsity=0.7, layer_sparsity=1 / 6,
