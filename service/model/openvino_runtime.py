@@ -63,7 +63,11 @@ class OpenVinoModel:
 
         self.path = Path(path)
         self.hint = hint or precision_hint()
-        config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_PRECISION_HINT": self.hint}
+        # No CPU pinning (the LATENCY hint's default on Linux): a replica shares its cores with Ray's
+        # processes, and pinned threads then wait on busy cores. Measured side by side on the shared
+        # 2-core machine: 1x128 9.7 vs 12.0 ms, 32x32 44 vs 75 ms unpinned vs pinned (BENCHMARKS.md).
+        config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_PRECISION_HINT": self.hint,
+                  "ENABLE_CPU_PINNING": "NO"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = str(threads)
         core = ov.Core()

@@ -43,6 +43,9 @@ def test_every_runtime_of_the_dense_model_agrees_with_torch(tiny_artifacts, tmp_
     batch = torch_be.tokenizer(TEXTS)
     fp32 = OpenVinoModel(export_openvino(plain, tmp_path / "fp32.xml"), threads=1, hint="f32")
     assert _cos(want, fp32(batch.input_ids, batch.attention_mask)).min() > 0.9999
+    # the replica's threads, f32 where asked, threads not pinned to cores shared with Ray
+    assert fp32.property("INFERENCE_NUM_THREADS") == 1 and fp32.property("ENABLE_CPU_PINNING") is False
+    assert str(fp32.property("INFERENCE_PRECISION_HINT")) in ("f32", "<Type: 'float32'>")
     cal = [(batch.input_ids, batch.attention_mask)] * 4
     int8 = OpenVinoModel(export_openvino(plain, tmp_path / "int8.xml", cal), threads=1, hint="f32")
     got = int8(batch.input_ids, batch.attention_mask)
