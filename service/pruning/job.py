@@ -50,8 +50,8 @@ from service.pruning.manifest import (
     verify_artifacts,
     write_manifest,
 )
-from service.pruning.select import meets_floor, select_cpu_variant
 from service.pruning.schedule import cubic_sparsity, layers_to_drop, plan_step
+from service.pruning.select import meets_floor, select_cpu_variant
 from service.pruning.surgery import prune_encoder
 
 __all__ = ["PruneError", "PruneResult", "run_prune"]
@@ -359,7 +359,7 @@ def _build(teacher, model_dir, model_sha256, tmp, cfg, corpus, fingerprint, pres
 
     scratch = tmp / ".scratch"
     scratch.mkdir()
-    reference, measured, files, fusion, ort_precision = _candidates(teacher, student, tmp, scratch, cfg, corpus,
+    fidelities, measured, files, fusion, ort_precision = _candidates(teacher, student, tmp, scratch, cfg, corpus,
                                                                      tok, threads)
     int8_cost = ort_precision["cost"]
     precision = ort_precision["precision"]
@@ -375,7 +375,7 @@ def _build(teacher, model_dir, model_sha256, tmp, cfg, corpus, fingerprint, pres
     for cand in measured:
         model, runtime, prec = cand.split("-")
         mine = {f"{r.batch}x{r.seq_len}": r for r in rows if r.variant == cand}
-        fid = reference[cand]
+        fid = fidelities[cand]
         frontier.append(CandidateMeasurement(
             name=cand, model=model, runtime=runtime, precision=prec, fidelity=fid,
             latency_ms={c: r.median_ms for c, r in mine.items()},

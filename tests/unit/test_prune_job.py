@@ -65,7 +65,8 @@ def check_artifact_contract(out: Path) -> Manifest:
     assert {(r.batch, r.seq_len) for r in m.latency} == {(1, 16), (1, 128), (32, 32)}
     for c in m.frontier:
         assert set(c.fidelity) == {"heldout", "everyday"} and set(c.latency_ms) == {"1x16", "1x128", "32x32"}
-    assert m.corpus.heldout_sets == {"heldout": m.corpus.n_heldout, "everyday": TINY_PRUNE.everyday_texts}
+    assert m.corpus.heldout_sets["heldout"] == m.corpus.n_heldout
+    assert 0 < m.corpus.heldout_sets["everyday"] <= m.config["everyday_texts"]
     # the CPU variant: a pruned candidate of the frontier, its files hashed, chosen by the pure rule
     from service.pruning.select import select_cpu_variant
 
@@ -87,6 +88,7 @@ def test_tiny_job_meets_the_artifact_contract(tiny_artifacts):
     assert m.criterion == TINY_PRUNE.criterion
     assert len(m.schedule["history"]) == TINY_PRUNE.pruning_steps
     assert len(m.pruned.layers) == 2  # layer_sparsity 0.34 of 3 layers
+    assert m.corpus.heldout_sets == {"heldout": TINY_PRUNE.heldout_texts, "everyday": TINY_PRUNE.everyday_texts}
 
 
 def test_manifest_schema_roundtrip(tiny_artifacts):
