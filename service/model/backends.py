@@ -145,6 +145,13 @@ def cpu_variant_backend(artifact_dir: str | Path, *, threads: int | None, trunca
         return OnnxBackend(artifact_dir, variant="pruned", threads=threads, truncate=truncate)
     if not cv.meets_floor:
         log.warning("the CPU variant in %s does not meet the fidelity floor: %s", artifact_dir, cv.summary)
+    from service.model.openvino_runtime import cpu_flags
+
+    here = cpu_flags()
+    if here and set(here) != set(cv.cpu_flags):
+        log.warning("the CPU variant (%s on %s) was chosen on a CPU with flags %s; this one has %s: another "
+                    "runtime or precision may be faster here (rebuild with `twinserve prune` on this kind of node)",
+                    cv.candidate, cv.runtime, " ".join(cv.cpu_flags) or "unknown", " ".join(here))
     if cv.runtime == "openvino":
         return OpenVinoBackend(artifact_dir, files=cv.files, precision=cv.precision, variant=cv.model,
                                threads=threads, truncate=truncate)

@@ -129,6 +129,21 @@ def test_cpu_variant_below_the_floor_is_logged_at_load(tiny_artifacts, tmp_path,
     assert "does not meet the fidelity floor" in caplog.text and "closest of them all" in caplog.text
 
 
+def test_a_cpu_unlike_the_one_measured_is_logged(tiny_artifacts, tmp_path, caplog):
+    d = tmp_path / "amx"
+    shutil.copytree(tiny_artifacts, d)
+    m = load_manifest(d)
+    write_manifest(m.model_copy(update={"cpu_variant": m.cpu_variant.model_copy(
+        update={"cpu_flags": ["avx512f", "amx_tile", "amx_bf16", "amx_int8", "imaginary_flag"]})}), d)
+    with caplog.at_level("WARNING"):
+        cpu_variant_backend(d, threads=1)
+    assert "was chosen on a CPU with flags" in caplog.text and "imaginary_flag" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        cpu_variant_backend(tiny_artifacts, threads=1)  # measured here: nothing to say
+    assert "was chosen on a CPU" not in caplog.text
+
+
 def test_openvino_backend_refuses_a_variant_without_its_ir():
     with pytest.raises(ValueError, match="IR .xml"):
         OpenVinoBackend("somewhere", files=["pruned.onnx"], precision="int8", threads=1)

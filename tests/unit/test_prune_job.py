@@ -91,6 +91,15 @@ def test_tiny_job_meets_the_artifact_contract(tiny_artifacts):
     assert m.corpus.heldout_sets == {"heldout": TINY_PRUNE.heldout_texts, "everyday": TINY_PRUNE.everyday_texts}
 
 
+def test_without_openvino_the_job_measures_onnx_runtime_alone(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    monkeypatch.setattr(job_module, "openvino_available", lambda: False)
+    m = job_module.run_prune(tiny_model_dir, tmp_path / "ort-only", TINY_PRUNE).manifest
+    assert {c.runtime for c in m.frontier} == {"onnxruntime"} and len(m.frontier) == 4
+    assert m.cpu_variant.runtime == "onnxruntime" and m.cpu_variant.file == "pruned.onnx"
+    assert not any("openvino" in f for f in m.files)
+    assert "OpenVINO is not installed" in capsys.readouterr().err
+
+
 def test_manifest_schema_roundtrip(tiny_artifacts):
     m = load_manifest(tiny_artifacts)
     again = Manifest.model_validate_json(m.model_dump_json())
