@@ -41,10 +41,10 @@ RUN python -m venv /opt/twinserve \
 
 # ---------------------------------------------------------------- stage 2: runtime
 FROM ${BASE_IMAGE} AS runtime
-# wordnet-base: the pruning job's default corpus. wget: KubeRay's liveness/readiness probes call it.
+# wordnet-base, fortunes: the pruning job's default corpus. wget: KubeRay's liveness/readiness probes call it.
 # Versions are bookworm's; bump them when Debian publishes a security update.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends wordnet-base=1:3.0-37 wget=1.21.3-1+deb12u1 \
+    && apt-get install -y --no-install-recommends wordnet-base=1:3.0-37 fortunes=1:1.99.1-7.3 wget=1.21.3-1+deb12u1 \
     && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 twinserve \
     && useradd --system --uid 10001 --gid twinserve --create-home --home-dir /home/twinserve twinserve \

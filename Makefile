@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
-APT_PACKAGES := wordnet-base prometheus
+APT_PACKAGES := wordnet-base fortunes prometheus
 MODEL_NAME := all-MiniLM-L6-v2
 ARTIFACTS := artifacts/$(MODEL_NAME)
 
@@ -13,7 +13,7 @@ ARTIFACTS := artifacts/$(MODEL_NAME)
 
 setup: system-packages $(STAMP)
 
-# Debian packages: WordNet (the default distillation corpus) and Prometheus (real metrics server).
+# Debian packages: WordNet and fortunes (the default distillation corpus) and Prometheus (real metrics server).
 # Installed when missing and we are root; otherwise say what is missing and carry on (the job
 # falls back to Python's own docs; Prometheus tests then fail with the install hint).
 system-packages:

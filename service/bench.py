@@ -129,7 +129,8 @@ def run_bench(
     with_torch: bool = False,
     out: Path | None = None,
 ) -> BenchResult:
-    """Bench the artifact's ONNX variants (and optionally the torch dense backend) side by side."""
+    """Bench the artifact's ONNX variants, the CPU variant the manifest names when it is another file
+    (``cpu-variant``, e.g. OpenVINO INT8), and optionally the torch dense backend, side by side."""
     from tqdm import tqdm
 
     from service.model.onnx_runtime import make_session, run_session
@@ -142,6 +143,13 @@ def run_bench(
         "pruned": make_session(artifact_dir / manifest.pruned.onnx_file, threads),
     }
     variants: dict[str, Embed] = {k: partial(run_session, s) for k, s in sessions.items()}
+    cv = manifest.cpu_variant
+    if cv is not None and cv.file != manifest.pruned.onnx_file:
+        from service.model.backends import cpu_variant_backend
+
+        backend = cpu_variant_backend(artifact_dir, threads=threads)
+        backend.load()
+        variants[f"cpu-variant-{cv.runtime}-{cv.precision}"] = backend.embed_ids
     device = "cpu"
     if with_torch:
         from service.model.backends import TorchBackend

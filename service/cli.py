@@ -34,7 +34,10 @@ def _cmd_prune(args: argparse.Namespace) -> None:
     overrides = {k: getattr(args, k) for k in (
         "criterion", "head_sparsity", "ffn_sparsity", "layer_sparsity", "pruning_steps",
         "distill_steps_per_prune", "final_distill_steps", "batch_size", "learning_rate", "int8_budget",
-        "heldout_texts", "threads", "seed")}
+        "heldout_texts", "everyday_texts", "calibration_texts", "min_mean_cosine", "min_recall_at_10", "threads",
+        "seed")}
+    if args.runtimes:
+        overrides["runtimes"] = tuple(args.runtimes)
     try:
         cfg = preset(args.preset, **overrides)
     except ValueError as e:
@@ -54,14 +57,18 @@ def _cmd_prune(args: argparse.Namespace) -> None:
                         (f"{f.mean_cosine:.4f}", f"{f.p5_cosine:.4f}", f"{f.recall_at_10:.3f}")))
     console = Console(stderr=True, width=130)
     console.print(table)
-    lat = Table(title=f"CPU latency, median ms ({m.latency_hardware})")
-    for col in ("variant", "batch", "tokens", "median ms", "speed-up"):
-        lat.add_column(col, justify="right")
-    dense = {(r.batch, r.seq_len): r.median_ms for r in m.latency if r.variant == "dense"}
-    for r in m.latency:
-        lat.add_row(r.variant, str(r.batch), str(r.seq_len), f"{r.median_ms:.2f}",
-                    f"{dense[(r.batch, r.seq_len)] / r.median_ms:.2f}x")
-    console.print(lat)
+    fr = Table(title=f"frontier: fidelity to dense fp32 and median ms, side by side ({m.latency_hardware})")
+    sets = list(m.frontier[0].fidelity) if m.frontier else []
+    cells = list(m.frontier[0].latency_ms) if m.frontier else []
+    for col in ("candidate", *(f"{s} cos / R@10" for s in sets), *(f"{c} ms" for c in cells), "floor"):
+        fr.add_column(col, justify="right")
+    for c in m.frontier:
+        fr.add_row(c.name, *(f"{c.fidelity[s].mean_cosine:.4f} / {c.fidelity[s].recall_at_10:.3f}" for s in sets),
+                   *(f"{c.latency_ms[x]:.2f} ({c.speedup_vs_dense_fp32[x]:.2f}x)" for x in cells),
+                   "yes" if c.meets_floor else "no")
+    console.print(fr)
+    if m.cpu_variant is not None:
+        console.print(f"CPU variant: {m.cpu_variant.summary}")
     print(f"artifacts {'reused' if result.reused else 'published'} at {out} (manifest: {out / 'manifest.json'})")
 
 
@@ -414,9 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("prune", help="build the pruned, distilled, INT8 variant (writes artifacts/<model>/)",
                         description="Score, remove and distil heads, FFN neurons and layers on a cubic schedule, "
-                                    "export both variants to ONNX, quantise, verify fidelity and latency, and "
-                                    "publish artifacts/<model>/ atomically (manifest.json, tokenizer, dense/ "
-                                    "and pruned/ safetensors, dense.onnx, pruned.onnx).")
+                                    "export dense and pruned to ONNX Runtime and OpenVINO, fp32 and INT8, measure every "
+                                    "candidate's "
+                                    "fidelity (two held-out sets) and latency side by side, publish the fastest "
+                                    "pruned candidate meeting the floor as the CPU variant, and write "
+                                    "artifacts/<model>/ atomically (manifest.json with the frontier, tokenizer, "
+                                    "dense/ and pruned/ safetensors, dense.onnx, pruned.onnx, and the CPU "
+                                    "variant's files, e.g. pruned-openvino.xml/.bin).")
     pr.add_argument("--model", type=Path, help="BERT-family checkpoint directory (default: bundled all-MiniLM-L6-v2)")
     pr.add_argument("--corpus", type=Path, help="text corpus, one text per line (default: WordNet sentences)")
     pr.add_argument("--out", type=Path, help="output directory (default: artifacts/<model-name>)")
@@ -432,6 +443,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--learning-rate", type=float)
     pr.add_argument("--int8-budget", type=float, help="max mean-cosine drop INT8 may cost before fp32 is kept")
     pr.add_argument("--heldout-texts", type=int)
+    pr.add_argument("--everyday-texts", type=int, help="texts of the second held-out set (chatterbot-corpus; 0: none)")
+    pr.add_argument("--runtimes", nargs="+", choices=["onnxruntime", "openvino"],
+                    help="CPU runtimes measured for the frontier (default: both)")
+    pr.add_argument("--calibration-texts", type=int, help="training texts calibrating NNCF INT8 (OpenVINO)")
+    pr.add_argument("--min-mean-cosine", type=float,
+                    help="fidelity floor for the CPU variant: mean cosine on every held-out set (default 0.97)")
+    pr.add_argument("--min-recall-at-10", type=float,
+                    help="fidelity floor for the CPU variant: recall@10 on every held-out set (default 0.85)")
     pr.add_argument("--threads", type=int)
     pr.add_argument("--seed", type=int)
     pr.add_argument("--force", action="store_true", help="rebuild even if the same inputs were published")

@@ -21,7 +21,8 @@ TINY = dict(vocab_size=30522, hidden_size=32, num_layers=3, num_heads=4, ffn=64,
 TINY_PRUNE = PruneConfig(
     criterion="taylor", head_sparsity=0.5, ffn_sparsity=0.5, layer_sparsity=0.34, pruning_steps=2,
     distill_steps_per_prune=3, final_distill_steps=5, score_batches=2, batch_size=8, max_train_tokens=24,
-    heldout_texts=64, max_corpus_texts=2000, latency_runs=2, min_ffn_per_layer=4, threads=1,
+    heldout_texts=64, everyday_texts=64, calibration_texts=16, max_corpus_texts=2000, latency_runs=2,
+    min_ffn_per_layer=4, threads=1,
 )
 
 

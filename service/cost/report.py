@@ -513,6 +513,9 @@ def build_report(
         for name, info in (("dense", m.dense), ("pruned", m.pruned)):
             if name in variants:
                 f = info.fidelity
+                if name == "pruned" and m.cpu_variant is not None:  # what the CPU replica serves (job v5+)
+                    served = {c.name: c for c in m.frontier}.get(m.cpu_variant.candidate)
+                    f = next(iter(served.fidelity.values())) if served is not None else f
                 variants[name].fidelity = (
                     Fidelity(mean_cosine=1.0, p5_cosine=1.0, recall_at_10=1.0, n_texts=m.corpus.n_heldout,
                              source=f"{mpath}: the dense model is the reference") if f is None else

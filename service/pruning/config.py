@@ -37,6 +37,18 @@ class PruneConfig(BaseModel):
     int8_budget: confloat(ge=0, le=1) = Field(
         0.01, description="largest drop in mean cosine that INT8 may cost; above it the pruned variant stays fp32")
     heldout_texts: PositiveInt = Field(2000, description="held-out texts for fidelity (never trained on)")
+    everyday_texts: int = Field(
+        2000, ge=0, description="texts of the second held-out set (chatterbot-corpus dialogues, a source never "
+                                "trained on); 0 leaves it out")
+    runtimes: tuple[Literal["onnxruntime", "openvino"], ...] = Field(
+        ("onnxruntime", "openvino"), min_length=1,
+        description="CPU runtimes measured for the frontier (openvino is skipped, with a note, when not installed)")
+    calibration_texts: PositiveInt = Field(
+        300, description="training texts that calibrate NNCF's post-training INT8 (OpenVINO)")
+    min_mean_cosine: confloat(ge=0, le=1) = Field(
+        0.97, description="fidelity floor: mean cosine to dense on every held-out set for a CPU variant to qualify")
+    min_recall_at_10: confloat(ge=0, le=1) = Field(
+        0.85, description="fidelity floor: recall@10 on every held-out set for a CPU variant to qualify")
     max_corpus_texts: PositiveInt = Field(200_000, description="cap on training texts read from the corpus")
     latency_runs: PositiveInt = Field(20, description="timed runs per latency cell in the manifest")
     threads: PositiveInt | None = Field(None, description="torch/ORT threads; default: all cores")
@@ -44,14 +56,21 @@ class PruneConfig(BaseModel):
 
 
 PRESETS: dict[str, PruneConfig] = {
-    # make run and CI on a fresh 2-core machine: a few minutes, modest pruning.
+    # make run and CI on a fresh 2-core machine, within 5 minutes: quantised dense plus light pruning
+    # (a twentieth of the FFN, no heads) that distillation repairs, on the best runtime (the job
+    # measures them all). A tenth of the FFN kept 0.977 mean cosine and 0.850 recall@10 on everyday
+    # text in fp32 but INT8 took recall below the 0.85 floor (BENCHMARKS.md). With so little removed,
+    # a gentler learning rate keeps more (0.978 vs 0.968 at 400 steps for a fifth of the FFN).
     "fast": PruneConfig(
-        criterion="magnitude", head_sparsity=0.25, ffn_sparsity=0.25, pruning_steps=1,
-        distill_steps_per_prune=0, final_distill_steps=60, score_batches=2, batch_size=32,
+        criterion="taylor", head_sparsity=0.0, ffn_sparsity=0.05, pruning_steps=1,
+        distill_steps_per_prune=0, final_distill_steps=400, score_batches=4, batch_size=32, learning_rate=3e-4,
         heldout_texts=500, latency_runs=5,
     ),
-    # the benchmark preset: 48/72 heads, half the FFN, 6 pruning steps, 6,800 distillation steps; about 31 minutes on 2 cores.
-    "default": PruneConfig(),
+    # the benchmark preset: a sixth of the heads (60/72 kept) and a third of the FFN, 6 pruning steps,
+    # 6,800 distillation steps (about 31 minutes on 2 cores before the frontier's measurements). Lighter
+    # than before (48/72 heads, half the FFN reached 0.958 on WordNet but lower on everyday text):
+    # the fidelity floor of 0.97 on both held-out sets binds, not speed (issue 16).
+    "default": PruneConfig(head_sparsity=1 / 6, ffn_sparsity=1 / 3, learning_rate=5e-4),
     # smaller and faster, at a larger fidelity cost.
     "aggressive": PruneConfig(
         head_sparsity=0.5, ffn_sparsity=0.7, layer_sparsity=1 / 6,

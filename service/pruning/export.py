@@ -13,7 +13,7 @@ import torch
 
 from service.model.encoder import Encoder
 
-__all__ = ["export_onnx", "fused_ops", "quantize_int8"]
+__all__ = ["export_onnx", "export_openvino", "fused_ops", "quantize_int8"]
 
 OPSET = 17
 FUSED_OP_TYPES = ("Attention", "BiasGelu")
@@ -134,3 +134,26 @@ def quantize_int8(fp32_path: Path, out_path: Path) -> Path:
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
     return out_path
+
+
+def export_openvino(plain_onnx: Path, out_xml: Path, calibration: list[tuple[np.ndarray, np.ndarray]] | None = None,
+                    ) -> Path:
+    """OpenVINO IR (``out_xml`` + ``.bin``) of a plain (unfused) ONNX graph; INT8 with ``calibration``.
+
+    INT8 is NNCF post-training quantisation (``nncf.quantize``, transformer model type: MatMul
+    inputs and weights quantised, weights per channel, activation ranges from the calibration
+    batches, which are (``input_ids``, ``attention_mask``) pairs drawn from the job's training
+    corpus). Weights are stored in fp32 (``compress_to_fp16=False``): the fp16 copy OpenVINO
+    writes by default would be a second, unmeasured change of precision.
+    """
+    import openvino as ov
+
+    model = ov.Core().read_model(str(plain_onnx))
+    if calibration is not None:
+        import nncf
+
+        logging.getLogger("nncf").setLevel(logging.ERROR)
+        dataset = nncf.Dataset(calibration, lambda b: {"input_ids": b[0], "attention_mask": b[1]})
+        model = nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration))
+    ov.save_model(model, str(out_xml), compress_to_fp16=False)
+    return out_xml

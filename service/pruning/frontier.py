@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from service.pruning.manifest import Manifest
 
-__all__ = ["FrontierPoint", "measure_frontier", "render_frontier"]
+__all__ = ["FrontierPoint", "measure_frontier", "render_candidates", "render_frontier"]
 
 
 class FrontierPoint(BaseModel):
@@ -120,3 +120,58 @@ def render_frontier(points: list[FrontierPoint], out_dir: Path) -> tuple[Path, P
     fig.savefig(png, dpi=120)
     plt.close(fig)
     return js, md, png
+
+
+def render_candidates(manifest: Manifest, out_dir: Path) -> tuple[Path, Path]:
+    """The job's own frontier (every candidate of one build, measured side by side): ``frontier.md``
+    (a table: fidelity on every held-out set, median ms and speed-up per cell) and ``frontier.png``
+    (speed-up vs dense fp32 at 1x128 and 32x32 against the worst held-out set's mean cosine)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cands = manifest.frontier
+    cv = manifest.cpu_variant
+    sets = list(cands[0].fidelity)
+    cells = list(cands[0].latency_ms)
+    head = ["candidate", *(f"{s} cos / p5 / R@10" for s in sets), *(f"{c} ms (vs dense fp32)" for c in cells),
+            "meets floor"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in cands:
+        name = f"**{c.name}** (published)" if cv is not None and c.name == cv.candidate else c.name
+        fid = [c.fidelity[s] for s in sets]
+        rows.append("| " + " | ".join([
+            name, *(f"{f.mean_cosine:.4f} / {f.p5_cosine:.3f} / {f.recall_at_10:.3f}" for f in fid),
+            *(f"{c.latency_ms[x]:.2f} ({c.speedup_vs_dense_fp32[x]:.2f}x)" for x in cells),
+            "yes" if c.meets_floor else "no"]) + " |")
+    notes = [f"Hardware: {manifest.latency_hardware}. Held-out sets: "
+             + ", ".join(f"{k} ({n} texts)" for k, n in manifest.corpus.heldout_sets.items()) + "."]
+    if cv is not None:
+        notes.append(f"CPU variant: {cv.summary}.")
+    md = out_dir / "frontier.md"
+    md.write_text("\n".join(rows) + "\n\n" + "\n\n".join(notes) + "\n")
+
+    plot_cells = [x for x in ("1x128", "32x32") if x in cells] or cells[:1]
+    fig, axes = plt.subplots(1, len(plot_cells), figsize=(6 * len(plot_cells), 4.5), squeeze=False)
+    markers = {"onnxruntime": "o", "openvino": "s"}
+    colours = {"dense": "tab:blue", "pruned": "tab:orange"}
+    for ax, cell in zip(axes[0], plot_cells):
+        for c in cands:
+            worst = min(f.mean_cosine for f in c.fidelity.values())
+            ax.scatter(c.speedup_vs_dense_fp32[cell], worst, marker=markers[c.runtime], c=colours[c.model],
+                       s=120 if cv is not None and c.name == cv.candidate else 50,
+                       edgecolors="black" if cv is not None and c.name == cv.candidate else "none")
+            ax.annotate(f"{'ORT' if c.runtime == 'onnxruntime' else 'OV'} {c.precision}", (c.speedup_vs_dense_fp32[cell], worst), fontsize=7,
+                        xytext=(4, 3), textcoords="offset points")
+        if cv is not None:
+            ax.axhline(cv.min_mean_cosine, ls="--", c="grey", lw=0.8)
+        ax.set_xlabel(f"speed-up vs dense fp32 on ONNX Runtime ({cell})")
+        ax.set_ylabel("mean cosine to dense, worst held-out set")
+        ax.grid(alpha=0.3)
+        ax.set_title(f"{manifest.name}: {cell} (blue dense, orange pruned; o ORT, s OpenVINO)", fontsize=9)
+    png = out_dir / "frontier.png"
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return md, png

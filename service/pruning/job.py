@@ -17,7 +17,7 @@ import random
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -28,16 +28,20 @@ import torch
 from service.bench import hardware_description, interleaved_latency
 from service.model.encoder import Encoder, ModelLoadError, load_encoder, save_encoder
 from service.model.onnx_runtime import make_session, run_session
+from service.model.openvino_runtime import OpenVinoModel, cpu_flags, precision_hint
+from service.model.openvino_runtime import available as openvino_available
 from service.model.tokenizer import TextTokenizer
 from service.pruning.config import PruneConfig
 from service.pruning.corpus import Corpus, load_corpus
 from service.pruning.criteria import get_criterion
 from service.pruning.distill import DistillLoss, distill
-from service.pruning.export import export_onnx, fused_ops, quantize_int8
+from service.pruning.export import export_onnx, export_openvino, fused_ops, quantize_int8
 from service.pruning.fidelity import fidelity
 from service.pruning.manifest import (
     ArtifactIntegrityError,
+    CandidateMeasurement,
     CorpusInfo,
+    CpuVariant,
     LatencyRow,
     Manifest,
     VariantInfo,
@@ -47,13 +51,15 @@ from service.pruning.manifest import (
     write_manifest,
 )
 from service.pruning.schedule import cubic_sparsity, layers_to_drop, plan_step
+from service.pruning.select import meets_floor, select_cpu_variant
 from service.pruning.surgery import prune_encoder
 
 __all__ = ["PruneError", "PruneResult", "run_prune"]
 
-JOB_VERSION = "4"  # bump when the job's output changes for the same inputs
+JOB_VERSION = "5"  # bump when the job's output changes for the same inputs
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
-LATENCY_CELLS = ((1, 16), (1, 128), (32, 128))
+LATENCY_CELLS = ((1, 16), (1, 128), (32, 32))
+REFERENCE = "dense-onnxruntime-fp32"  # what fidelity and speed-ups are measured against
 MAX_TOKENS = 256
 BUCKET_BATCHES = 50  # batches whose texts are sorted by length together (see _batches)
 
@@ -112,13 +118,81 @@ def _batches(texts: list[str], tok: TextTokenizer, batch_size: int, seed: int) -
                 yield {"input_ids": torch.from_numpy(b.input_ids), "attention_mask": torch.from_numpy(b.attention_mask)}
 
 
-def _embed_onnx(path: Path, texts: list[str], tok: TextTokenizer, threads: int) -> np.ndarray:
-    session = make_session(path, threads)
+def _embed(run: Callable[[np.ndarray, np.ndarray], np.ndarray], texts: list[str], tok: TextTokenizer) -> np.ndarray:
     out = []
     for i in range(0, len(texts), 64):
         b = tok(texts[i : i + 64])
-        out.append(run_session(session, b.input_ids, b.attention_mask))
+        out.append(run(b.input_ids, b.attention_mask))
     return np.concatenate(out)
+
+
+def _calibration_batches(texts: list[str], tok: TextTokenizer, n: int, seed: int) -> list[tuple]:
+    """``n`` training texts in batches of 8 (``input_ids``, ``attention_mask``), for NNCF."""
+    sample = random.Random(seed).sample(texts, min(n, len(texts)))
+    return [(b.input_ids, b.attention_mask) for b in (tok(sample[i : i + 8], truncate=True)
+                                                      for i in range(0, len(sample), 8))]
+
+
+def _candidates(teacher: Encoder, student: Encoder, tmp: Path, scratch: Path, cfg: PruneConfig, corpus: Corpus,
+                tok: TextTokenizer, threads: int):
+    """Export every candidate (dense and pruned x runtime x precision), load each and measure its
+    fidelity to dense fp32 on every held-out set. Returns (fidelity by candidate, runners by
+    candidate, files by candidate, fusion counts, the ONNX Runtime INT8 decision for pruned.onnx)."""
+    _say("exporting ONNX (fused for ONNX Runtime) and quantising to INT8 (dynamic, per-channel)")
+    files: dict[str, list[Path]] = {
+        REFERENCE: [export_onnx(teacher, tmp / "dense.onnx")],
+        "pruned-onnxruntime-fp32": [export_onnx(student, scratch / "pruned-fp32.onnx")],
+    }
+    fusion = {"dense": fused_ops(files[REFERENCE][0]), "pruned-fp32": fused_ops(files["pruned-onnxruntime-fp32"][0])}
+    files["dense-onnxruntime-int8"] = [quantize_int8(files[REFERENCE][0], scratch / "dense-int8.onnx")]
+    files["pruned-onnxruntime-int8"] = [quantize_int8(files["pruned-onnxruntime-fp32"][0],
+                                                      scratch / "pruned-int8.onnx")]
+    n_cal = 0
+    use_openvino = "openvino" in cfg.runtimes
+    if use_openvino and not openvino_available():
+        _say("note: OpenVINO is not installed (pip install openvino nncf); measuring ONNX Runtime alone")
+        use_openvino = False
+    if use_openvino:
+        fp = "bf16" if precision_hint() == "bf16" else "fp32"
+        cal = _calibration_batches(corpus.train, tok, cfg.calibration_texts, cfg.seed)
+        n_cal = sum(len(b[0]) for b in cal)
+        _say(f"exporting plain ONNX for OpenVINO ({fp}) and quantising with NNCF on {n_cal} training texts")
+        for name, model in (("dense", teacher), ("pruned", student)):
+            plain = export_onnx(model, scratch / f"{name}-plain.onnx", fuse=False)
+            for prec, calibration in ((fp, None), ("int8", cal)):
+                xml = export_openvino(plain, scratch / f"{name}-openvino-{prec}.xml", calibration)
+                files[f"{name}-openvino-{prec}"] = [xml, xml.with_suffix(".bin")]
+    runners: dict[str, Callable] = {}
+    for name, paths in files.items():
+        if name.split("-")[1] == "openvino":
+            runners[name] = OpenVinoModel(paths[0], threads)
+        else:
+            runners[name] = partial(run_session, make_session(paths[0], threads))
+
+    sets = corpus.heldout_sets
+    _say("measuring fidelity on " + ", ".join(f"{len(v)} {k}" for k, v in sets.items()) + " held-out texts")
+    ref = {k: _embed(runners[REFERENCE], texts, tok) for k, texts in sets.items()}
+    fid = {name: {k: fidelity(ref[k], _embed(run, texts, tok)) for k, texts in sets.items()}
+           for name, run in runners.items()}
+    int8_cost = max(fid["pruned-onnxruntime-fp32"][k].mean_cosine - fid["pruned-onnxruntime-int8"][k].mean_cosine
+                    for k in sets)
+    precision = "int8" if int8_cost <= cfg.int8_budget else "fp32"
+    _say(f"ONNX Runtime INT8 costs {int8_cost:.4f} mean cosine (budget {cfg.int8_budget}): pruned.onnx is {precision}"
+         " unless the published variant is an ONNX Runtime graph")
+    ordered = {name: runners[name] for name in sorted(runners, key=lambda n: (n != REFERENCE, n))}
+    return fid, ordered, files, fusion, {"cost": int8_cost, "precision": precision, "calibration": n_cal}
+
+
+def _publish_cpu_variant(name: str, files: dict[str, list[Path]], tmp: Path) -> list[str]:
+    """Copy the chosen candidate's runtime files into the artifact directory; their names there."""
+    if name.split("-")[1] == "onnxruntime":
+        return ["pruned.onnx"]  # written by the caller: the pruned ONNX graph is always there
+    out = []
+    for src in files[name]:
+        dst = f"pruned-openvino{src.suffix}"
+        shutil.copy2(src, tmp / dst)
+        out.append(dst)
+    return out
 
 
 class PruneResult:
@@ -188,7 +262,7 @@ def run_prune(
         raise PruneError(f"{model_dir} has no tokenizer.json (a fast tokenizer file is required)")
     _check_output_writable(out)
     corpus: Corpus = load_corpus(corpus_path, n_heldout=cfg.heldout_texts, max_train=cfg.max_corpus_texts,
-                                 seed=cfg.seed)
+                                 seed=cfg.seed, n_everyday=cfg.everyday_texts)
     if corpus.note:
         _say(f"note: {corpus.note}")
 
@@ -283,31 +357,46 @@ def _build(teacher, model_dir, model_sha256, tmp, cfg, corpus, fingerprint, pres
     save_encoder(teacher, tmp / "dense")
     save_encoder(student, tmp / "pruned")
 
-    _say("exporting ONNX (fused attention) and quantising to INT8 (per-channel)")
     scratch = tmp / ".scratch"
     scratch.mkdir()
-    onnx = {
-        "dense": export_onnx(teacher, tmp / "dense.onnx"),
-        "pruned-fp32": export_onnx(student, scratch / "pruned-fp32.onnx"),
-    }
-    fusion = {k: fused_ops(p) for k, p in onnx.items()}
-    onnx["dense-int8"] = quantize_int8(onnx["dense"], scratch / "dense-int8.onnx")
-    onnx["pruned-int8"] = quantize_int8(onnx["pruned-fp32"], scratch / "pruned-int8.onnx")
+    fidelities, measured, files, fusion, ort_precision = _candidates(teacher, student, tmp, scratch, cfg, corpus,
+                                                                     tok, threads)
+    int8_cost = ort_precision["cost"]
+    precision = ort_precision["precision"]
 
-    _say(f"measuring fidelity on {len(corpus.heldout)} held-out texts")
-    reference = _embed_onnx(onnx["dense"], corpus.heldout, tok, threads)
-    candidates = {k: fidelity(reference, _embed_onnx(p, corpus.heldout, tok, threads))
-                  for k, p in onnx.items() if k != "dense"}
-    int8_cost = candidates["pruned-fp32"].mean_cosine - candidates["pruned-int8"].mean_cosine
-    precision = "int8" if int8_cost <= cfg.int8_budget else "fp32"
-    shutil.copy2(onnx[f"pruned-{precision}"], tmp / "pruned.onnx")
-    _say(f"INT8 costs {int8_cost:.4f} mean cosine (budget {cfg.int8_budget}): pruned variant ships {precision}")
-
-    _say("measuring CPU latency, variants interleaved")
-    sessions = {k: make_session(p, threads) for k, p in onnx.items()}
-    rows = interleaved_latency({k: partial(run_session, s) for k, s in sessions.items()}, LATENCY_CELLS,
-                               cfg.latency_runs)
+    _say("measuring CPU latency, every candidate interleaved")
+    runners = {"dense" if k == REFERENCE else k: v for k, v in measured.items()}
+    rows = interleaved_latency(runners, LATENCY_CELLS, cfg.latency_runs)
+    for r in rows:
+        if r.variant == "dense":
+            r.variant = REFERENCE
+    floor = dict(min_mean_cosine=cfg.min_mean_cosine, min_recall_at_10=cfg.min_recall_at_10)
+    frontier = []
+    for cand in measured:
+        model, runtime, prec = cand.split("-")
+        mine = {f"{r.batch}x{r.seq_len}": r for r in rows if r.variant == cand}
+        fid = fidelities[cand]
+        frontier.append(CandidateMeasurement(
+            name=cand, model=model, runtime=runtime, precision=prec, fidelity=fid,
+            latency_ms={c: r.median_ms for c, r in mine.items()},
+            speedup_vs_dense_fp32={c: r.speedup_vs_dense for c, r in mine.items()},
+            meets_floor=meets_floor(fid, **floor)))
+    sel = select_cpu_variant(frontier, **floor)
+    _say(sel.summary)
+    chosen = sel.chosen
+    cv_files = _publish_cpu_variant(chosen.name, files, tmp)
+    flags = cpu_flags()
+    cpu_variant = CpuVariant(
+        candidate=chosen.name, model=chosen.model, file=cv_files[0], files=cv_files, runtime=chosen.runtime,
+        precision=chosen.precision, cpu=hardware_description(), cpu_flags=flags, threads=threads,
+        meets_floor=sel.meets_floor, best_quantised_dense=sel.best_quantised_dense.name if sel.best_quantised_dense
+        else None, speedup_vs_best_quantised_dense=sel.speedup_vs_best_quantised_dense,
+        pruning_beats_quantised_dense=sel.pruning_beats_quantised_dense, summary=sel.summary, **floor)
+    if chosen.runtime == "onnxruntime" and chosen.model == "pruned":
+        precision = chosen.precision  # pruned.onnx is the published variant itself
+    shutil.copy2(files[f"pruned-onnxruntime-{precision}"][0], tmp / "pruned.onnx")
     shutil.rmtree(scratch)
+    candidates = {c.name: next(iter(c.fidelity.values())) for c in frontier if c.name != REFERENCE}
 
     manifest = Manifest(
         name=name, created_at=datetime.now(UTC), fingerprint=fingerprint,
@@ -316,18 +405,28 @@ def _build(teacher, model_dir, model_sha256, tmp, cfg, corpus, fingerprint, pres
         schedule={"kind": "cubic (Zhu & Gupta 2017)", "steps": cfg.pruning_steps, "history": history},
         config={"preset": preset_name, **cfg.model_dump(mode="json")},
         corpus=CorpusInfo(source=corpus.source, path=corpus.path, sha256=corpus.sha256,
-                          n_train=len(corpus.train), n_heldout=len(corpus.heldout), note=corpus.note),
+                          n_train=len(corpus.train), n_heldout=len(corpus.heldout), note=corpus.note,
+                          heldout_sets={k: len(v) for k, v in corpus.heldout_sets.items()}),
         dense=_variant_info(teacher, "dense.onnx", "fp32"),
-        pruned=_variant_info(student, "pruned.onnx", precision, candidates[f"pruned-{precision}"]),
+        pruned=_variant_info(student, "pruned.onnx", precision, candidates[f"pruned-onnxruntime-{precision}"]),
         candidates=candidates,
-        quantization={"method": "dynamic, MatMul and fused Attention weights, per-channel QInt8",
+        quantization={"onnxruntime": "dynamic, MatMul and fused Attention weights, per-channel QInt8",
+                      "openvino": "NNCF post-training INT8 (transformer preset, SmoothQuant, per-channel weights), "
+                                  f"calibrated on {ort_precision['calibration']} training texts",
                       "int8_mean_cosine_cost": int8_cost, "budget": cfg.int8_budget, "pruned_precision": precision,
                       "graph_fusion": fusion},
-        latency_hardware=f"{hardware_description()}; ONNX Runtime CPU, {threads} intra-op threads",
+        latency_hardware=f"{hardware_description()}; flags {' '.join(flags) or 'unknown'}; ONNX Runtime and "
+                         f"OpenVINO CPU, {threads} threads",
         latency=[LatencyRow(variant=r.variant, batch=r.batch, seq_len=r.seq_len, median_ms=r.median_ms,
                             p90_ms=r.p90_ms, runs=r.runs) for r in rows],
         build_seconds=time.time() - t_start,
+        frontier=frontier,
+        cpu_variant=cpu_variant,
         files=hash_directory(tmp),
     )
+    from service.pruning.frontier import render_candidates
+
+    render_candidates(manifest, tmp)  # frontier.md and frontier.png beside the manifest, hashed like the rest
+    manifest = manifest.model_copy(update={"files": hash_directory(tmp)})
     write_manifest(manifest, tmp)
     return manifest

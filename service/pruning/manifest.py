@@ -18,7 +18,9 @@ from service.model.config import LayerShape
 
 __all__ = [
     "ArtifactIntegrityError",
+    "CandidateMeasurement",
     "CorpusInfo",
+    "CpuVariant",
     "Fidelity",
     "LatencyRow",
     "Manifest",
@@ -60,13 +62,53 @@ class VariantInfo(_Strict):
 
 
 class CorpusInfo(_Strict):
-    source: str = Field(description="wordnet, file or python-docs")
+    source: str = Field(description="wordnet+fortunes, wordnet, file or python-docs")
     path: str | None
     sha256: str
     n_train: int
     n_heldout: int
     note: str = ""
+    heldout_sets: dict[str, int] = Field(
+        default_factory=dict, description="texts in each held-out set by name (heldout: from the training source; "
+                                          "everyday: chatterbot-corpus dialogues, a source never trained on)")
 
+
+Runtime = Literal["onnxruntime", "openvino"]
+
+
+class CandidateMeasurement(_Strict):
+    """One point of the frontier: a model (dense or pruned) on one runtime at one precision."""
+
+    name: str = Field(description="e.g. pruned-openvino-int8")
+    model: Literal["dense", "pruned"]
+    runtime: Runtime
+    precision: Literal["fp32", "bf16", "int8"]
+    fidelity: dict[str, Fidelity] = Field(description="to dense fp32, per held-out set")
+    latency_ms: dict[str, float] = Field(description="median ms per cell, keyed 'BxT' (batch x tokens)")
+    speedup_vs_dense_fp32: dict[str, float] = Field(description="dense fp32 on ONNX Runtime / this, per cell")
+    meets_floor: bool
+
+
+class CpuVariant(_Strict):
+    """What the CPU replica serves: the runtime's file, and why this candidate was chosen."""
+
+    candidate: str = Field(description="the frontier candidate published (e.g. pruned-openvino-int8)")
+    model: Literal["dense", "pruned"] = "pruned"
+    file: str = Field(description="the file the runtime loads (ONNX graph or OpenVINO IR .xml)")
+    files: list[str] = Field(description="every file of this variant (an IR's .xml and .bin)")
+    runtime: Runtime
+    precision: Literal["fp32", "bf16", "int8"]
+    cpu: str = Field(description="the CPU the choice was measured on")
+    cpu_flags: list[str] = Field(description="its instruction-set flags that matter here (AVX-512 VNNI, AMX, ...)")
+    threads: int
+    meets_floor: bool = Field(description="false: no pruned candidate met the fidelity floor; this is the closest")
+    min_mean_cosine: float
+    min_recall_at_10: float
+    best_quantised_dense: str | None = Field(
+        default=None, description="the fastest INT8 dense candidate meeting the floor (else the fastest INT8 dense)")
+    speedup_vs_best_quantised_dense: dict[str, float] = Field(default_factory=dict)
+    pruning_beats_quantised_dense: bool | None = None
+    summary: str = Field(description="the choice in words, as the job and the server print it")
 
 class LatencyRow(_Strict):
     variant: str
@@ -93,12 +135,17 @@ class Manifest(_Strict):
     dense: VariantInfo
     pruned: VariantInfo
     candidates: dict[str, Fidelity] = Field(
-        description="fidelity of every ONNX candidate measured (pruned fp32/int8, dense int8)"
+        description="fidelity of every candidate measured on the first held-out set (frontier has both)"
     )
     quantization: dict
     latency_hardware: str
     latency: list[LatencyRow]
     build_seconds: float
+    frontier: list[CandidateMeasurement] = Field(
+        default_factory=list, description="every candidate (dense and pruned x runtime x precision), side by side")
+    cpu_variant: CpuVariant | None = Field(
+        default=None, description="what the CPU replica serves; absent in manifests before job version 5, which "
+                                  "serve pruned.onnx on ONNX Runtime")
     files: dict[str, str] = Field(description="sha256 of every file in the directory but this one")
 
 

@@ -41,8 +41,10 @@ def test_fast_preset_on_real_minilm_meets_contract(tmp_path_factory):
     assert f"published at {out}" in r.stdout
     m = check_artifact_contract(out)
     assert m.name == "all-MiniLM-L6-v2"
-    assert m.corpus.source == "wordnet"  # make setup installs wordnet-base
+    assert m.corpus.source == "wordnet+fortunes"  # make setup installs wordnet-base and fortunes
     assert m.dense.layers[0].heads == 12 and len(m.dense.layers) == 6
-    # The fast preset prunes a quarter and distils briefly: it must still resemble the dense model.
-    assert m.pruned.fidelity.mean_cosine > 0.7
-    assert m.pruned.fidelity.recall_at_10 > 0.3
+    # The fast preset prunes lightly and distils: the published CPU variant keeps mean cosine
+    # >= 0.97 on both held-out sets (issue 16), whatever runtime won.
+    chosen = {c.name: c for c in m.frontier}[m.cpu_variant.candidate]
+    assert all(f.mean_cosine >= 0.97 for f in chosen.fidelity.values()), chosen.fidelity
+    assert m.pruned.fidelity.recall_at_10 > 0.7

@@ -25,7 +25,7 @@ from service.pruning.export import export_onnx, fused_ops, quantize_int8
 from service.pruning.manifest import ArtifactIntegrityError, Manifest, load_manifest, verify_artifacts
 from tests.conftest import TINY_PRUNE
 
-REQUIRED_FILES = {"manifest.json", "tokenizer.json", "dense.onnx", "pruned.onnx",
+REQUIRED_FILES = {"manifest.json", "tokenizer.json", "dense.onnx", "pruned.onnx", "frontier.md", "frontier.png",
                   "dense/config.json", "dense/model.safetensors", "pruned/config.json", "pruned/model.safetensors"}
 
 
@@ -55,30 +55,74 @@ def check_artifact_contract(out: Path) -> Manifest:
     assert m.pruned.flops_per_token["128"] < m.dense.flops_per_token["128"]
     assert load_encoder(out / "pruned").config.layers == tuple(m.pruned.layers)
     assert m.pruned.fidelity is not None and -1 <= m.pruned.fidelity.mean_cosine <= 1
-    assert {"pruned-fp32", "pruned-int8", "dense-int8"} <= set(m.candidates)
+    assert {"pruned-onnxruntime-fp32", "pruned-onnxruntime-int8", "dense-onnxruntime-int8"} <= set(m.candidates)
     assert set(m.quantization["graph_fusion"]) == {"dense", "pruned-fp32"}
-    variants = {r.variant for r in m.latency}
-    assert variants == {"dense", "dense-int8", "pruned-fp32", "pruned-int8"}
-    assert {(r.batch, r.seq_len) for r in m.latency} == {(1, 16), (1, 128), (32, 128)}
+    # the frontier: dense and pruned x runtime x precision, each with both held-out sets and every cell
+    names = {c.name for c in m.frontier}
+    assert {f"{model}-{rt}-{p}" for model in ("dense", "pruned") for rt in ("onnxruntime", "openvino")
+            for p in ("fp32", "int8")} == names
+    assert {r.variant for r in m.latency} == names
+    assert {(r.batch, r.seq_len) for r in m.latency} == {(1, 16), (1, 128), (32, 32)}
+    for c in m.frontier:
+        assert set(c.fidelity) == {"heldout", "everyday"} and set(c.latency_ms) == {"1x16", "1x128", "32x32"}
+    assert m.corpus.heldout_sets["heldout"] == m.corpus.n_heldout
+    assert 0 < m.corpus.heldout_sets["everyday"] <= m.config["everyday_texts"]
+    # the CPU variant: a pruned candidate of the frontier, its files hashed, chosen by the pure rule
+    from service.pruning.select import select_cpu_variant
+
+    cv = m.cpu_variant
+    sel = select_cpu_variant(m.frontier, min_mean_cosine=cv.min_mean_cosine, min_recall_at_10=cv.min_recall_at_10)
+    assert cv.candidate == sel.chosen.name and cv.model == "pruned" and cv.meets_floor == sel.meets_floor
+    assert (cv.runtime, cv.precision) == (sel.chosen.runtime, sel.chosen.precision)
+    assert cv.file == cv.files[0] and all(f in m.files for f in cv.files)
+    assert cv.best_quantised_dense in names and cv.summary and cv.cpu
+    # the frontier table and plot are published beside the manifest
+    assert cv.candidate in (out / "frontier.md").read_text() and "frontier.png" in m.files
     assert m.latency_hardware
     return m
 
 
 def test_tiny_job_meets_the_artifact_contract(tiny_artifacts):
     m = check_artifact_contract(tiny_artifacts)
+    assert m.name == tiny_artifacts.name
     assert m.criterion == TINY_PRUNE.criterion
     assert len(m.schedule["history"]) == TINY_PRUNE.pruning_steps
     assert len(m.pruned.layers) == 2  # layer_sparsity 0.34 of 3 layers
+    assert m.corpus.heldout_sets == {"heldout": TINY_PRUNE.heldout_texts, "everyday": TINY_PRUNE.everyday_texts}
+
+
+def test_without_openvino_the_job_measures_onnx_runtime_alone(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    monkeypatch.setattr(job_module, "openvino_available", lambda: False)
+    m = job_module.run_prune(tiny_model_dir, tmp_path / "ort-only", TINY_PRUNE).manifest
+    assert {c.runtime for c in m.frontier} == {"onnxruntime"} and len(m.frontier) == 4
+    assert m.cpu_variant.runtime == "onnxruntime" and m.cpu_variant.file == "pruned.onnx"
+    assert not any("openvino" in f for f in m.files)
+    assert "OpenVINO is not installed" in capsys.readouterr().err
 
 
 def test_manifest_schema_roundtrip(tiny_artifacts):
     m = load_manifest(tiny_artifacts)
     again = Manifest.model_validate_json(m.model_dump_json())
     assert again == m
+    assert again.cpu_variant == m.cpu_variant and again.frontier == m.frontier and m.frontier
     raw = json.loads((tiny_artifacts / "manifest.json").read_text())
     raw["surprise"] = 1
     with pytest.raises(ValueError):
         Manifest.model_validate(raw)
+    raw.pop("surprise")
+    raw["cpu_variant"]["runtime"] = "tensorrt"  # not a runtime the server can load
+    with pytest.raises(ValueError):
+        Manifest.model_validate(raw)
+
+
+def test_manifest_from_before_the_cpu_variant_still_loads(tiny_artifacts):
+    """A job-version-4 manifest (no frontier, no cpu_variant, no held-out set counts) still validates."""
+    raw = json.loads((tiny_artifacts / "manifest.json").read_text())
+    for key in ("frontier", "cpu_variant"):
+        raw.pop(key)
+    raw["corpus"].pop("heldout_sets")
+    old = Manifest.model_validate(raw)
+    assert old.cpu_variant is None and old.frontier == [] and old.corpus.heldout_sets == {}
 
 
 def test_onnx_parity_pruned_torch_vs_onnx_fp32(tiny_artifacts, tmp_path):
@@ -219,8 +263,10 @@ def test_bench_writes_interleaved_json(tiny_artifacts, tmp_path):
     out = tmp_path / "bench.json"
     run_bench(tiny_artifacts, batches=(1, 8), lengths=(16, 32), runs=2, threads=1, with_torch=True, out=out)
     result = BenchResult.model_validate_json(out.read_text())
+    cv = load_manifest(tiny_artifacts).cpu_variant
+    extra = () if cv.file == "pruned.onnx" else (f"cpu-variant-{cv.runtime}-{cv.precision}",)
     assert {(c.variant, c.batch, c.seq_len) for c in result.cells} == {
-        (v, b, s) for v in ("dense", "pruned", "dense-torch-cpu") for b in (1, 8) for s in (16, 32)}
+        (v, b, s) for v in ("dense", "pruned", "dense-torch-cpu", *extra) for b in (1, 8) for s in (16, 32)}
     assert all(c.median_ms > 0 and c.runs == 2 * 3 for c in result.cells)  # 2 repetitions x blocks of 3
     assert all(c.speedup_vs_dense == pytest.approx(1.0) for c in result.cells if c.variant == "dense")
 

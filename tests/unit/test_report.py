@@ -379,3 +379,24 @@ def test_cli_report_reads_a_gpu_capacity_file(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "break-even g4dn.xlarge: measured 100 req/s" in printed
     assert "break-even g5.xlarge: required, not measured" in printed
+
+
+def test_pruned_fidelity_is_the_served_cpu_variants(tmp_path):
+    """Job version 5 manifests name the CPU variant; the report shows its fidelity, not pruned.onnx's."""
+    from service.pruning.manifest import CandidateMeasurement, CpuVariant
+
+    d = _manifest(tmp_path)
+    m = Manifest.model_validate_json((d / "manifest.json").read_text())
+    served = Fidelity(mean_cosine=0.983, p5_cosine=0.95, recall_at_10=0.868, n_texts=64)
+    cand = CandidateMeasurement(name="pruned-openvino-int8", model="pruned", runtime="openvino", precision="int8",
+                                fidelity={"heldout": served}, latency_ms={"1x16": 1.0},
+                                speedup_vs_dense_fp32={"1x16": 2.0}, meets_floor=True)
+    cv = CpuVariant(candidate=cand.name, file="pruned-openvino.xml", files=["pruned-openvino.xml"],
+                    runtime="openvino", precision="int8", cpu="Test CPU", cpu_flags=[], threads=2, meets_floor=True,
+                    min_mean_cosine=0.97, min_recall_at_10=0.85, summary="chosen")
+    (d / "manifest.json").write_text(m.model_copy(update={"frontier": [cand], "cpu_variant": cv}).model_dump_json())
+    lt = _result(tmp_path, "loadtest.json", CPU_BOX, CPU_SPECS)
+    report, _ = build_report(loadtests=[lt], prices=PRICES, manifest=d,
+                             config=ReportConfig(utilisation=0.7, dense_share=0.25))
+    assert report.variants["pruned"].fidelity.mean_cosine == 0.983  # not pruned.onnx's 0.931
+    assert report.variants["pruned"].fidelity.recall_at_10 == 0.868
