@@ -1,7 +1,15 @@
-"""Render helm/twinserve with the real Helm engine (the helm-python-sdk wheel, offline) for tests."""
+"""Render and lint helm/twinserve with the real Helm engine (the helm-python-sdk wheel, offline) for tests.
+
+The engine is Go, loaded as a shared library; it runs in a child interpreter of its own. In the
+test process, after OpenVINO had compiled a model (its threads and signal handlers), the Go
+runtime aborted the whole pytest run (SIGQUIT) in the next Helm call.
+"""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +20,35 @@ CHART = ROOT / "helm" / "twinserve"
 LOCAL_VALUES = ROOT / "deploy" / "local-values.yaml"
 
 
+_HELM = """
+import json, sys
+import helm_python as helm
+a = json.load(sys.stdin)
+if a["op"] == "render":
+    out = helm.Chart.load(a["chart"]).render(a["values"], name=a["name"], namespace=a["namespace"], is_install=True)
+else:
+    out = helm.lint(a["chart"], a["values"], strict=True, namespace=a["namespace"])
+json.dump(out, sys.stdout)
+"""
+
+
+def _helm(op: str, values: dict[str, Any] | None, **kw) -> Any:
+    args = {"op": op, "chart": str(CHART), "values": values or {}, **kw}
+    r = subprocess.run([sys.executable, "-c", _HELM], input=json.dumps(args), capture_output=True, text=True,
+                       timeout=120, check=False)
+    if r.returncode != 0:
+        raise RuntimeError(f"helm {op} failed ({r.returncode}): {r.stderr[-3000:]}")
+    return json.loads(r.stdout)
+
+
+def lint(values: dict[str, Any] | None = None, namespace: str = "ml") -> dict:
+    """``helm lint --strict`` with ``values`` over the chart's defaults: the engine's report."""
+    return _helm("lint", values, namespace=namespace)
+
+
 def render(values: dict[str, Any] | None = None, name: str = "ts", namespace: str = "ml") -> list[dict]:
     """Every manifest the chart renders with ``values`` over its defaults (NOTES.txt left out)."""
-    import helm_python as helm
-
-    out = helm.Chart.load(CHART).render(values or {}, name=name, namespace=namespace, is_install=True)
+    out = _helm("render", values, name=name, namespace=namespace)
     return [d for path, text in sorted(out.items()) if path.endswith((".yaml", ".yml"))
             for d in yaml.safe_load_all(text) if d]
 

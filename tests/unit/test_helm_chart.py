@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from tests.chart import CHART, LOCAL_VALUES, ROOT, node_types, pod_specs, render, rayservice, serve_config
+from tests.chart import CHART, LOCAL_VALUES, ROOT, lint, node_types, pod_specs, render, rayservice, serve_config
 
 CPU_ONLY = {"gpu": {"enabled": False}}
 ALL_TOGGLES = {"metrics": {"podMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
@@ -18,11 +18,9 @@ ALL_TOGGLES = {"metrics": {"podMonitor": {"enabled": True}, "prometheusRule": {"
 @pytest.mark.parametrize("values", [None, CPU_ONLY, ALL_TOGGLES, "local"], ids=["default", "cpu-only", "toggles",
                                                                                "local"])
 def test_strict_lint_passes(values):
-    import helm_python as helm
-
     if values == "local":
         values = yaml.safe_load(LOCAL_VALUES.read_text())
-    report = helm.lint(CHART, values, strict=True, namespace="ml")
+    report = lint(values)
     assert report["total_charts_linted"] == 1
     assert report["errors"] == [] and report["messages"] == [], report
 
@@ -33,9 +31,7 @@ def test_strict_lint_passes(values):
     ({"gpu": {"enabled": "yes"}}, "gpu.enabled"),
 ])
 def test_strict_lint_rejects_bad_values_by_name(values, words):
-    import helm_python as helm
-
-    report = helm.lint(CHART, values, strict=True, namespace="ml")
+    report = lint(values)
     text = json.dumps(report)
     assert report["errors"] or any(m["severity"] == 3 for m in report["messages"]), report
     assert words.split(".")[-1] in text, text
