@@ -67,9 +67,9 @@ PRESETS: dict[str, PruneConfig] = {
         heldout_texts=500, latency_runs=5,
     ),
     # the benchmark preset: a sixth of the heads (60/72 kept) and a third of the FFN, 6 pruning steps,
-    # 6,800 distillation steps (about 31 minutes on 2 cores before the frontier's measurements). Lighter
-    # than before (48/72 heads, half the FFN reached 0.958 on WordNet but lower on everyday text):
-    # the fidelity floor of 0.97 on both held-out sets binds, not speed (issue 16).
+    # 6,800 distillation steps (55.5 minutes niced on the shared 2-core machine; 30.6 for the same
+    # step count idle before). Lighter than before (48/72 heads, half the FFN reached 0.958 on
+    # WordNet): still 0.953 on everyday text, below the 0.97 floor that binds (issue 16, BENCHMARKS.md).
     "default": PruneConfig(head_sparsity=1 / 6, ffn_sparsity=1 / 3, learning_rate=5e-4),
     # smaller and faster, at a larger fidelity cost.
     "aggressive": PruneConfig(
