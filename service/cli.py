@@ -292,6 +292,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         cfg = ServingConfig(
             artifact_dir=art,
             dense=VariantConfig(num_cpus=0.5, num_gpus=args.dense_gpus, max_ongoing_requests=32),
+            pruned={"graph": args.cpu_graph},
             routing=RoutingConfig(weights={"dense": args.dense_weight, "pruned": 1.0 - args.dense_weight},
                                   shadow_fraction=args.shadow_fraction),
         )
@@ -493,6 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--shadow-fraction", type=_weight, default=0.0,
                     help="fraction of requests also sent to the other variant in the background, [0, 1]")
     se.add_argument("--dense-gpus", type=float, default=0.0, help="GPUs for the dense replica (1 on a GPU host)")
+    se.add_argument("--cpu-graph", choices=("manifest", "pruned.onnx"), default="manifest",
+                    help="what the CPU variant runs: the manifest's cpu_variant (default), or pruned.onnx on ONNX "
+                         "Runtime, the graph any ONNX client or peer server runs")
     se.add_argument("--metrics-port", type=int,
                     help="Ray's metrics export port, for Prometheus (deploy/prometheus.yml expects 8080); "
                          "default: a port Ray picks")

@@ -57,7 +57,8 @@ def ensure_artifacts(art: Path | None, preset_name: str | None, say: Callable[[s
 class LocalServer:
     """``twinserve serve`` in its own session; stopped with SIGINT (its clean shutdown), then harder."""
 
-    def __init__(self, art: Path, port: int, metrics_port: int, log_path: Path, token: str):
+    def __init__(self, art: Path, port: int, metrics_port: int, log_path: Path, token: str,
+                 extra_args: Sequence[str] = ()):
         env = {**os.environ, "TWINSERVE_ADMIN_TOKEN": token,
                "RAY_metrics_report_interval_ms": str(METRICS_REPORT_INTERVAL_MS)}
         root = str(Path(__file__).resolve().parents[1])
@@ -67,7 +68,7 @@ class LocalServer:
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "serve", "--artifacts", str(art), "--port", str(port),
-             "--metrics-port", str(metrics_port), "--dense-weight", "0.5", "--shadow-fraction", "0"],
+             "--metrics-port", str(metrics_port), "--dense-weight", "0.5", "--shadow-fraction", "0", *extra_args],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
 
     def wait_ready(self, timeout_s: float) -> None:

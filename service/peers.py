@@ -168,15 +168,13 @@ def _warm_up(url: str, model: str, headers: dict[str, str]) -> None:
 
 
 def _twinserve_settings(art: Path) -> dict:
-    try:
-        from service.serving.config import ServingConfig
+    """What `twinserve serve --cpu-graph pruned.onnx` runs the CPU variant with (its defaults)."""
+    from service.serving.config import ServingConfig
 
-        cfg = ServingConfig(artifact_dir=art)
-        pruned = cfg.pruned
-        return {"pruned_num_cpus": pruned.num_cpus, "max_batch_size": pruned.max_batch_size,
-                "batch_wait_timeout_s": pruned.batch_wait_timeout_s}
-    except (ImportError, ValueError, TypeError) as e:  # the serving config is being reworked: a record, not a need
-        return {"settings_unavailable": f"{type(e).__name__}: {e}"}
+    cfg = ServingConfig(artifact_dir=art, pruned={"graph": "pruned.onnx"})
+    return {"graph": cfg.pruned.graph, "ingress_replicas": cfg.router.num_replicas,
+            "runtime_threads_per_replica": max(1, int(cfg.router.num_cpus)),
+            "max_batch_size": cfg.pruned.max_batch_size, "batch_wait_timeout_s": cfg.pruned.batch_wait_timeout_s}
 
 
 # ---- the benchmark ----------------------------------------------------------------------------------
@@ -273,8 +271,9 @@ def run_peers(*, artifacts: Path, out_dir: Path, twinserve_url: str | None = Non
 
                 from service._net import free_port
 
+                # The same graph as infinity's: pruned.onnx on ONNX Runtime, whatever the manifest serves.
                 server = LocalServer(artifacts, free_port(), free_port(), out_dir / "twinserve.log",
-                                     secrets.token_urlsafe(16))
+                                     secrets.token_urlsafe(16), extra_args=("--cpu-graph", "pruned.onnx"))
                 say(f"twinserve: `twinserve serve` on {server.url} (log {out_dir / 'twinserve.log'})")
                 base = server.url
             url, model, headers = f"{base}/v1/embeddings", "twinserve-pruned", {"X-Variant": "pruned"}

@@ -117,6 +117,11 @@ class CpuVariantConfig(BatchingConfig):
     max_queued_requests: PositiveInt = Field(
         64, description="requests waiting for a batch in one ingress replica; past it the variant sheds "
                         "(routed requests fall back to dense, pinned ones get 429)")
+    graph: Literal["manifest", "pruned.onnx"] = Field(
+        "manifest", description="what the CPU variant runs: the manifest's cpu_variant (the runtime and precision "
+                                "the job proved fastest within the fidelity floor), or pruned.onnx on ONNX Runtime "
+                                "(what any ONNX client runs: the peer benchmark serves it so that both servers run "
+                                "the same graph)")
 
 
 class RouterConfig(ReplicaConfig):

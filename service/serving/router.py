@@ -37,7 +37,7 @@ from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from service.model.backends import cpu_variant_backend
+from service.model.backends import OnnxBackend, cpu_variant_backend
 from service.serving.api import Failure, api, body_doc, openai_error, v2_error
 from service.serving.auth import ApiKeys, AuthError
 from service.serving.config import VARIANTS, RoutingConfig, ServingConfig
@@ -89,7 +89,9 @@ class Router:
         self.cfg = config
         r, limits = config.router, config.limits
         self._metrics = serving_metrics()
-        backend = cpu_variant_backend(config.artifact_dir, threads=max(1, int(r.num_cpus)))
+        threads = max(1, int(r.num_cpus))
+        backend = (cpu_variant_backend(config.artifact_dir, threads=threads) if config.pruned.graph == "manifest"
+                   else OnnxBackend(config.artifact_dir, variant="pruned", threads=threads))
         backend.load()  # verifies the manifest's sha256 of every file it reads; raises on a mismatch
         self.tokenizer = backend.tokenizer  # the one tokenizer.json both variants share
         model_limit = self.tokenizer.max_tokens
