@@ -92,6 +92,7 @@ def measure(artifacts: Path, runs: int, waits: list[float], edge: bool) -> Overh
     import httpx
     from ray import serve
 
+    from service._net import wait_ready
     from service.bench import hardware_description
     from service.model.backends import cpu_variant_backend
     from service.serving.app import build_app
@@ -109,7 +110,14 @@ def measure(artifacts: Path, runs: int, waits: list[float], edge: bool) -> Overh
             cfg = {"artifact_dir": str(artifacts), "dense": {"num_cpus": 0.5},
                    "pruned": {"batch_wait_timeout_s": wait}, "router": {"num_cpus": 1}}
             serve.run(build_app(cfg), name="overhead", route_prefix="/")
+            # Ray's HAProxy learns the new replicas a moment after serve.run returns (it answered a
+            # 500 for the deleted ones): wait until the application answers through it.
+            wait_ready(url, 120)
             with httpx.Client(base_url=url, timeout=30) as http:
+                deadline, in_a_row = time.monotonic() + 60, 0
+                while in_a_row < 20:  # every ingress replica in HAProxy's table, none of the deleted ones
+                    assert time.monotonic() < deadline, "the application never answered 20 times in a row"
+                    in_a_row = in_a_row + 1 if http.get("/v2/health/live").status_code == 200 else 0
                 def embed_http() -> None:
                     r = http.post("/v1/embeddings", content=raw_body, headers={"content-type": "application/json"})
                     assert r.status_code == 200 and r.headers["x-variant"] == "pruned", r.text
