@@ -7,6 +7,7 @@ error bodies, and the handler that turns a bug into a JSON 500 instead of a stac
 
 # No `from __future__ import annotations` here: FastAPI must see real types.
 
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -34,23 +35,28 @@ def body_doc(model: type, description: str) -> dict:
         "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
 
 
-def _openapi() -> dict:
+def _openapi(app: FastAPI) -> dict:
     """FastAPI's document plus the request models, which the routes validate themselves (for the
-    error messages and the body limit) and so FastAPI cannot see."""
-    if api.openapi_schema is None:
+    error messages and the body limit) and so FastAPI cannot see.
+
+    It takes the app rather than reading this module's ``api``: Serve ships the ingress class to
+    its replicas by value, the app with it, while this module is imported afresh there, with an
+    ``api`` that has no routes (the served /openapi.json had no paths).
+    """
+    if app.openapi_schema is None:
         from fastapi.openapi.utils import get_openapi
 
-        doc = get_openapi(title=api.title, version=api.version, description=api.description, routes=api.routes)
+        doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         schemas = doc.setdefault("components", {}).setdefault("schemas", {})
         for model in (EmbeddingRequest, InferRequest, RoutingUpdate):
             s = model.model_json_schema(ref_template="#/components/schemas/{model}")
             schemas.update(s.pop("$defs", {}))
             schemas[model.__name__] = s
-        api.openapi_schema = doc
-    return api.openapi_schema
+        app.openapi_schema = doc
+    return app.openapi_schema
 
 
-api.openapi = _openapi
+api.openapi = functools.partial(_openapi, api)
 
 
 @api.exception_handler(StarletteHTTPException)
