@@ -79,6 +79,23 @@ PRESETS: dict[str, PruneConfig] = {
 
 
 def preset(name: str, **overrides) -> PruneConfig:
+    """The named preset with ``overrides`` (None: keep the preset's), validated as a whole.
+
+    ``model_copy(update=...)`` skipped validation, so ``--pruning-steps 0`` published a "pruned"
+    variant that was not pruned; every override now goes through the same checks as the fields.
+    Raises :class:`ValueError` naming each bad flag, its allowed range and the value given.
+    """
+    from pydantic import ValidationError
+
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return PRESETS[name].model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    merged = {**PRESETS[name].model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
+    try:
+        return PruneConfig.model_validate(merged)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            field = ".".join(str(x) for x in err["loc"])
+            flag = "--" + field.replace("_", "-") if field in overrides else field
+            problems.append(f"{flag}: {err['msg'].lower()}, got {err.get('input')!r}")
+        raise ValueError("; ".join(problems)) from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import random
+import re
 
 import numpy as np
 import pytest
@@ -193,3 +194,26 @@ def test_training_batches_group_texts_of_similar_length_and_lose_none():
     assert padding < 0.05  # drawn at random, batches of eight of these texts are about 40% padding
     widths = [m.shape[1] for m in masks]
     assert widths != sorted(widths)  # the batches themselves still come in random order
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ({"pruning_steps": 0}, "--pruning-steps: input should be greater than 0, got 0"),
+    ({"batch_size": -3}, "--batch-size: input should be greater than 0, got -3"),
+    ({"head_sparsity": 1.5}, "--head-sparsity: input should be less than 1, got 1.5"),
+    ({"learning_rate": -1.0}, "--learning-rate: input should be greater than 0, got -1.0"),
+])
+def test_every_preset_override_is_validated_and_named_as_its_flag(overrides, words):
+    from service.pruning.config import preset
+
+    with pytest.raises(ValueError, match=re.escape(words)):
+        preset("fast", **overrides)
+    assert preset("fast", pruning_steps=2).pruning_steps == 2  # a good override still applies
+
+
+def test_the_cli_reports_a_bad_override_by_flag_and_exits_nonzero(capsys):
+    from service.cli import main
+
+    assert main(["prune", "--preset", "fast", "--pruning-steps", "0", "--learning-rate", "-1"]) != 0
+    err = capsys.readouterr().err
+    assert "--pruning-steps: input should be greater than 0, got 0" in err
+    assert "--learning-rate: input should be greater than 0, got -1.0" in err
