@@ -168,19 +168,24 @@ def test_pinned_requests_are_shed_with_429_and_retry_after_never_fall_back(tight
 def test_altered_artifacts_refuse_to_start_with_a_clear_error(serve_app, tmp_path):
     from ray import serve
 
+    from service.pruning.manifest import load_manifest
     from service.serving.config import ServingConfig
     from service.serving.deployments import Dense
     from service.serving.router import Router
 
     broken = tmp_path / "broken"
     shutil.copytree(serve_app.artifact_dir.resolve(), broken)
-    with open(broken / "pruned.onnx", "r+b") as f:
+    # The file the ingress loads: the manifest's CPU variant (an OpenVINO weights file or pruned.onnx).
+    cv = load_manifest(broken).cpu_variant
+    served = "pruned.onnx" if cv is None else next(f for f in cv.files if not f.endswith(".xml")) \
+        if cv.runtime == "openvino" else cv.file
+    with open(broken / served, "r+b") as f:
         f.seek(100)
         byte = f.read(1)
         f.seek(100)
         f.write(bytes([byte[0] ^ 0xFF]))
     cfg = ServingConfig(artifact_dir=broken, dense={"num_cpus": 0.25})
-    # The ingress loads the CPU variant (pruned.onnx) in its constructor: that is where it must refuse.
+    # The ingress loads the CPU variant in its constructor: that is where it must refuse.
     app = Router.options(num_replicas=1, max_constructor_retry_count=1, ray_actor_options={"num_cpus": 0.25}).bind(
         dense=Dense.options(ray_actor_options={"num_cpus": 0.25}).bind(str(broken), cfg.dense), config=cfg)
     try:
@@ -188,7 +193,7 @@ def test_altered_artifacts_refuse_to_start_with_a_clear_error(serve_app, tmp_pat
             serve.run(app, name="broken", route_prefix="/broken")
         message = serve.status().applications["broken"].deployments["Router"].message  # what `serve status` shows
         assert "ArtifactIntegrityError" in message
-        assert "pruned.onnx has sha256" in message and "Rebuild with `twinserve prune --force`" in message
+        assert f"{served} has sha256" in message and "Rebuild with `twinserve prune --force`" in message
     finally:
         serve.delete("broken")
 
