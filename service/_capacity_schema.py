@@ -141,8 +141,13 @@ class CapacityRun(BaseModel):
     created_at: datetime
     url: str
     headers: dict[str, str]
+    variant: str | None = Field(None, description="the twinserve variant pinned with X-Variant (dense, pruned); "
+                                                  "None: routed by the server's policy, or another server")
     hardware: str
     cpu_count: int
+    cpu_arch: str = Field("unknown", description="platform.machine() of the server's machine (x86_64, aarch64)")
+    gpu_model: str | None = Field(None, description="GPU the server ran the variant on, if any")
+    instance_type: str | None = Field(None, description="cloud instance type, when the machine was one")
     cpu_flags: list[str] = Field(description=f"which of {', '.join(CPU_FEATURES)} the CPU has")
     shapes: dict[str, str] = Field(description="request shape name -> what it sends")
     searches: dict[str, SearchResult] = Field(description="by request shape")
