@@ -76,3 +76,13 @@ def test_shapes_are_checked_before_anything_runs():
     with pytest.raises(ValueError, match="unknown request shapes"):
         _order_shapes(["1", "16"], "1")
     assert set(DEMO_SHAPES) == set(SHAPES)
+
+
+def test_cli_demo_refuses_a_costed_shape_it_would_not_search(tmp_path, capsys):
+    from service.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--shapes", "1", "mix", "--cost-shape", "8", "--out-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "costed shape '8' must be among the shapes searched (1, mix)" in err and len(err.splitlines()) == 1
+    assert not out.exists()  # refused before building, serving or writing anything
