@@ -514,10 +514,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="pruning preset (default: reuse existing artifacts, else build `fast`)")
     de.add_argument("--artifacts", type=Path, help="artifact directory (default: artifacts/all-MiniLM-L6-v2)")
     de.add_argument("--budget-s", type=float, default=570.0,
-                    help="wall-time budget of the whole demo once the artifacts exist, seconds (default: "
+                    help="wall-time budget of the whole demo, artifact build included, seconds (default: "
                          "%(default)s, under 10 minutes)")
     de.add_argument("--shapes", nargs="+", choices=["1", "8", "mix"], default=["mix", "1", "8"],
-                    help="request shapes to search, in this order (default: mix 1 8)")
+                    help="request shapes to search: the costed one first, then in this order (default: mix 1 8)")
     de.add_argument("--cost-shape", choices=["1", "8", "mix"], default="mix",
                     help="request shape whose X_slo the report's costs use (default: mix)")
     de.add_argument("--prices", type=Path, default=Path("deploy") / "prices.yaml")
