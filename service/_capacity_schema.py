@@ -120,7 +120,8 @@ class SearchResult(BaseModel):
         description="confirmed: X_slo passed twice; none: no rate passed; unconfirmed: no passing rate passed "
                     "its repeat; budget: time ran out before a repeat")
     x_slo_rps: float | None = Field(description="highest rate that passed and passed its repeat, req/s")
-    lower_bound: bool = Field(description="every probe up to max_rps passed: X_slo is at least this")
+    lower_bound: bool = Field(description="no rate above X_slo failed (every probe up to max_rps passed, or the "
+                                          "time budget stopped the ramp): X_slo is at least this")
     best_single_pass_rps: float | None = Field(description="highest rate that passed once, req/s")
     max_answered_rps: float = Field(description="most 200 answers per second in any probe, SLO or not")
     non_monotone: bool = Field(description="some rate passed above a rate that failed")

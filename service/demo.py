@@ -43,7 +43,14 @@ DEMO_SHAPES = ("mix", "1", "8")
 VARIANTS = ("pruned", "dense")
 START_RPS = {"dense": 16.0, "pruned": 64.0}
 RESERVE_S = 60.0  # after the searches: the shadow burst, the report, stopping Ray and Prometheus
-COSTED_WEIGHT, DENSE_WEIGHT = 2.0, 1.2
+COSTED_WEIGHT, DENSE_WEIGHT = 3.0, 1.2
+# X_slo falls slower than texts per request grows: the pruned variant on 2 cores answered 152 req/s at
+# 1 text and 80 at 8 (results/peers, 2026-11-30), ~8^-0.3; the dense one is more compute-bound. 0.5 sits
+# between, so the first probe of a later shape lands within about 2x of its X_slo either way.
+TEXTS_EXPONENT = 0.5
+INFORMED_START = 0.75
+# An informed start is within about 1.5x of X_slo: ramp by 1.5 from it (x2 from a guess).
+INFORMED_GROWTH = 1.5
 SHADOW_REQUESTS = 40
 SERVER_START_TIMEOUT_S = 900  # a loaded 2-core machine loads torch + ONNX Runtime replicas slowly
 METRICS_REPORT_INTERVAL_MS = 2000  # Ray's default is 10 s; the demo is short
@@ -68,8 +75,10 @@ def search_weight(variant: str, shape: str, cost_shape: str) -> float:
 def start_rps_for(variant: str, shape: str, known: dict[str, float | None],
                   starts: dict[str, float] = START_RPS) -> float:
     """Where the ramp of ``variant`` at ``shape`` starts: from an X_slo already found for the variant
-    at another shape (``known``: shape -> X_slo), scaled by mean texts per request (the same texts/s),
-    else ``starts[variant]`` (:data:`START_RPS`)."""
+    at another shape (``known``: shape -> X_slo), scaled by the ratio of mean texts per request to the
+    power :data:`TEXTS_EXPONENT` (a request costs a fixed part and a part per text) and by
+    :data:`INFORMED_START` (so the first probe most likely passes and the ramp goes up, where each
+    probe narrows the bracket, rather than down by halves), else ``starts[variant]`` (:data:`START_RPS`)."""
     from service.loadgen import SHAPES
 
     def texts(k: str) -> float:
@@ -78,7 +87,7 @@ def start_rps_for(variant: str, shape: str, known: dict[str, float | None],
 
     for k, x in known.items():
         if x:
-            return max(1.0, round(x * texts(k) / texts(shape), 1))
+            return max(1.0, round(INFORMED_START * x * (texts(k) / texts(shape)) ** TEXTS_EXPONENT, 1))
     return starts[variant]
 
 
@@ -231,7 +240,8 @@ def search_variants(base_url: str, *, shapes: Sequence[str] = DEMO_SHAPES, cost_
     ``capacity-<variant>.json`` (a :class:`CapacityRun`, after every search) and ``capacity.png`` into
     ``out_dir``; returns the runs and their files by variant. ``base_plan``: the search settings
     (default: :func:`demo_plan`'s); its ``start_rps`` (from ``starts``, see :func:`start_rps_for`) and
-    ``max_total_s`` are set per search."""
+    ``max_total_s`` are set per search, and its ramp factor is at most :data:`INFORMED_GROWTH` when the
+    start comes from the variant's X_slo at another shape."""
     import platform
     from datetime import UTC, datetime
 
@@ -253,8 +263,10 @@ def search_variants(base_url: str, *, shapes: Sequence[str] = DEMO_SHAPES, cost_
     for i, (variant, shape) in enumerate(todo):
         mine = share_budget(deadline - time.monotonic(), [search_weight(v, k, cost_shape) for v, k in todo[i:]])
         known = {k: r.x_slo_rps for k, r in runs[variant].searches.items()} if variant in runs else {}
+        informed = any(known.values())
         plan = base_plan.model_copy(update={"start_rps": start_rps_for(variant, shape, known, starts),
-                                            "max_total_s": max(mine, 1.0)})
+                                            "max_total_s": max(mine, 1.0)}
+                                    | ({"growth": min(base_plan.growth, INFORMED_GROWTH)} if informed else {}))
         say(f"      {variant} at {SHAPES[shape].description}: ramp from {plan.start_rps:g} req/s, "
             f"{plan.max_total_s:.0f} s")
         headers = {"X-Variant": variant}

@@ -65,7 +65,11 @@ def test_search_variants_against_standin_then_report(tmp_path):
     searched = [(v, k) for ln in lines for v in ("pruned", "dense") for k in shapes
                 if ln.strip().startswith(f"{v} at {SHAPES[k].description}: ramp from ")]
     assert searched == [(v, k) for k in shapes for v in ("pruned", "dense")]
-    assert runs["pruned"].searches["mix"].plan.start_rps == 8.0
+    assert runs["pruned"].searches["mix"].plan.start_rps == 8.0 and runs["pruned"].searches["mix"].plan.growth == 2.0
+    for v, run in runs.items():  # later shapes ramp from the variant's mix X_slo, by 1.5
+        if run.searches["mix"].x_slo_rps is not None:
+            assert run.searches["1"].plan.growth == 1.5
+            assert run.searches["1"].plan.start_rps > run.searches["8"].plan.start_rps
     with Image.open(tmp_path / "capacity.png") as im:
         im.verify()
 
