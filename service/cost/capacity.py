@@ -10,7 +10,7 @@ A capacity is only ever one of:
   as-is (the GPU is the bottleneck);
 * **not comparable**: measured on another CPU architecture (x86_64 vs arm64): different kernels,
   different instructions; no figure is carried over;
-* **not measured**: no load test covers the hardware (e.g. the dense variant on a GPU model it
+* **not measured**: no capacity measurement covers the hardware (e.g. the dense variant on a GPU model it
   never ran on). The report shows these as "not measured"; it never invents a figure;
 * **not applicable**: the variant does not use the instance's accelerator (the pruned INT8
   variant is a CPU model; a GPU instance would leave its GPU idle);

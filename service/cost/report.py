@@ -735,7 +735,7 @@ def _document(report: Report, files: dict[str, Path]) -> Doc:
     doc.p(f"At u = {u:g} and at u = 1. **projected** figures were measured on other hardware and carried over by "
           "the rule shown, with the CPU features (AMX, AVX-512 VNNI, ...) that differ between the two; **not "
           "comparable** means the figure was measured on another CPU architecture (x86_64 vs arm64) and is not "
-          "carried over; **not measured** means no load test covers that hardware, so there is no figure.")
+          "carried over; **not measured** means no capacity measurement covers that hardware, so there is no figure.")
     doc.table(["variant", "instance", "$/h", "X_slo req/s", f"$/1M at u={u:g}", "$/1M at u=1", "status",
                "measured on"],
               [[c.variant, c.instance, f"{c.price_usd_per_hour:g}", _f(c.capacity_rps, ".4g", "-"),
