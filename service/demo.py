@@ -274,7 +274,8 @@ def search_variants(base_url: str, *, shapes: Sequence[str] = DEMO_SHAPES, cost_
                                model=f"twinserve-{variant}", on_probe=lambda p: say(
                                    f"        {p.phase:7} {p.offered_rps:7.1f} req/s offered {p.answered_rps:7.1f} "
                                    "answered p99 " + (f"{p.latency.p99_ms:7.1f} ms" if p.latency else "    n/a")
-                                   + f" errors {p.error_ratio:6.2%}  " + ("pass" if p.passed else "; ".join(p.reasons))))
+                                   + f" errors {p.error_ratio:6.2%}  "
+                                   + ("pass" if p.passed else "; ".join(p.reasons))))
         x = f"{result.x_slo_rps:.4g} req/s" if result.x_slo_rps is not None else "none confirmed"
         say(f"        X_slo {x} ({result.status}, {len(result.probes)} probes, {result.elapsed_s:.0f} s)"
             + "".join(f"\n        note: {n}" for n in result.notes))
@@ -330,8 +331,8 @@ def run_demo(
             say(f"      no Prometheus ({e}); the report will go without live shadow agreement")
 
         deadline = t0 + budget_s - RESERVE_S
-        say(f"[3/5] capacity: open-loop search per variant and request shape, {max(deadline - time.monotonic(), 0):.0f} "
-            "s in all")
+        left_s = max(deadline - time.monotonic(), 0.0)
+        say(f"[3/5] capacity: open-loop search per variant and request shape, {left_s:.0f} s in all")
         runs, files = search_variants(server.url, shapes=shapes, cost_shape=cost_shape, deadline=deadline,
                                       out_dir=out_dir, say=say)
         plot = out_dir / "capacity.png"

@@ -625,7 +625,8 @@ def build_report(
             projected=c.projected, status=c.status, capacity_rps=c.capacity_rps)
     report = Report(created_at=datetime.now(timezone.utc), inputs=inputs, utilisation=config.utilisation,
                     slo_p99_ms=slo_p99_ms, criteria=criteria, cost_shape=shape,
-                    cost_shape_description=" / ".join(sorted(descriptions)), variants=variants, prices=catalog.instances, cells=cells,
+                    cost_shape_description=" / ".join(sorted(descriptions)), variants=variants,
+                    prices=catalog.instances, cells=cells,
                     usd_per_million=per_m, break_even=breaks, fleet=fleet, bench=bench_summary, notes=notes)
     plot_data["results"] = results
     return report, plot_data

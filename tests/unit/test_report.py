@@ -431,7 +431,8 @@ def test_report_states_the_criteria_its_data_used(tmp_path):
     md = (tmp_path / "r" / "report.md").read_text()
     assert "p99 <= 250 ms timed from the scheduled send (open loop), errors < 1.00%, answered rate >= 90%" in md
     assert "0.10%" not in md.split("\n\n")[1]
-    other = _capacity(tmp_path, "other.json", CPU_BOX, CPU_SPECS, slo=SloCriteria(slo_p99_ms=250, max_error_ratio=0.001))
+    other = _capacity(tmp_path, "other.json", CPU_BOX, CPU_SPECS,
+                      slo=SloCriteria(slo_p99_ms=250, max_error_ratio=0.001))
     with pytest.raises(ReportError, match="different criteria"):
         build_report(capacity=lt + other, prices=PRICES)
 
