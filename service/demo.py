@@ -262,7 +262,9 @@ def search_variants(base_url: str, *, shapes: Sequence[str] = DEMO_SHAPES, cost_
     todo = [(v, k) for k in shapes for v in variants]
     for i, (variant, shape) in enumerate(todo):
         mine = share_budget(deadline - time.monotonic(), [search_weight(v, k, cost_shape) for v, k in todo[i:]])
-        known = {k: r.x_slo_rps for k, r in runs[variant].searches.items()} if variant in runs else {}
+        # X_slo, or where none was confirmed, the best single pass: a better start than a guess
+        known = {k: r.x_slo_rps or r.best_single_pass_rps
+                 for k, r in runs[variant].searches.items()} if variant in runs else {}
         informed = any(known.values())
         plan = base_plan.model_copy(update={"start_rps": start_rps_for(variant, shape, known, starts),
                                             "max_total_s": max(mine, 1.0)}
