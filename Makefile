@@ -50,7 +50,8 @@ run: setup $(ARTIFACTS)/manifest.json
 	fi
 
 # End to end on this machine: prune (cached; `fast` unless PRESET=...), serve in the background,
-# Prometheus, a Locust sweep of both variants, the cost report (results/demo/report/report.html).
+# Prometheus, an open-loop capacity search per variant and request shape (all within 10 minutes),
+# the cost report (results/demo/report/report.html).
 demo: setup
 	$(VENV)/bin/twinserve demo $(if $(PRESET),--preset $(PRESET))
 

@@ -120,7 +120,8 @@ class SearchResult(BaseModel):
         description="confirmed: X_slo passed twice; none: no rate passed; unconfirmed: no passing rate passed "
                     "its repeat; budget: time ran out before a repeat")
     x_slo_rps: float | None = Field(description="highest rate that passed and passed its repeat, req/s")
-    lower_bound: bool = Field(description="every probe up to max_rps passed: X_slo is at least this")
+    lower_bound: bool = Field(description="no rate above X_slo failed (every probe up to max_rps passed, or the "
+                                          "time budget stopped the ramp): X_slo is at least this")
     best_single_pass_rps: float | None = Field(description="highest rate that passed once, req/s")
     max_answered_rps: float = Field(description="most 200 answers per second in any probe, SLO or not")
     non_monotone: bool = Field(description="some rate passed above a rate that failed")
@@ -141,8 +142,13 @@ class CapacityRun(BaseModel):
     created_at: datetime
     url: str
     headers: dict[str, str]
+    variant: str | None = Field(None, description="the twinserve variant pinned with X-Variant (dense, pruned); "
+                                                  "None: routed by the server's policy, or another server")
     hardware: str
     cpu_count: int
+    cpu_arch: str = Field("unknown", description="platform.machine() of the server's machine (x86_64, aarch64)")
+    gpu_model: str | None = Field(None, description="GPU the server ran the variant on, if any")
+    instance_type: str | None = Field(None, description="cloud instance type, when the machine was one")
     cpu_flags: list[str] = Field(description=f"which of {', '.join(CPU_FEATURES)} the CPU has")
     shapes: dict[str, str] = Field(description="request shape name -> what it sends")
     searches: dict[str, SearchResult] = Field(description="by request shape")

@@ -53,13 +53,15 @@ def _cmd_capacity(args: argparse.Namespace) -> None:
     except (ValidationError, ValueError) as e:
         raise _fail(args, e) from None
     import os
+    import platform
     from datetime import UTC, datetime
 
     from service.bench import hardware_description
     from service.capacity_search import CapacityRun, cpu_flags
 
-    run = CapacityRun(created_at=datetime.now(UTC), url=url, headers=headers, hardware=hardware_description(),
-                      cpu_count=os.cpu_count() or 1, cpu_flags=cpu_flags(),
+    run = CapacityRun(created_at=datetime.now(UTC), url=url, headers=headers, variant=args.variant,
+                      hardware=hardware_description(), cpu_count=os.cpu_count() or 1, cpu_arch=platform.machine(),
+                      cpu_flags=cpu_flags(),
                       shapes={k: SHAPES[k].description for k in results}, searches=results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(run.model_dump_json(indent=2) + "\n")

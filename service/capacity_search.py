@@ -169,6 +169,8 @@ def search_capacity(probe: Probe, plan: SearchPlan, criteria: SloCriteria | None
                     break
             if not fits(nxt, nxt):
                 out_of_time = True
+                notes.append(f"the ramp stopped by the time budget at {rate:.4g} req/s before any rate failed: "
+                             "X_slo is a lower bound")
                 break
             if run(nxt, "ramp"):
                 lo = rate = nxt
@@ -248,7 +250,7 @@ def search_capacity(probe: Probe, plan: SearchPlan, criteria: SloCriteria | None
     else:
         status = "budget" if out_of_time and tried == 0 else "unconfirmed"
     return SearchResult(
-        criteria=criteria, plan=plan, status=status, x_slo_rps=x_slo, lower_bound=capped and x_slo == plan.max_rps,
+        criteria=criteria, plan=plan, status=status, x_slo_rps=x_slo, lower_bound=x_slo is not None and hi is None and x_slo == lo,
         best_single_pass_rps=max(passed_rates) if passed_rates else None,
         max_answered_rps=max((p.answered_rps for p in probes), default=0.0),
         non_monotone=bool(inverted), noisy_rps=noisy, notes=notes, elapsed_s=spent, probes=probes)

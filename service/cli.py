@@ -162,13 +162,14 @@ def _cmd_report(args: argparse.Namespace) -> None:
                 dense_share, source = 0.5, f"the default ({args.serve_config} not found)"
         config = ReportConfig(utilisation=args.utilisation, dense_share=dense_share, dense_share_source=source,
                               dense_instance=args.dense_instance, pruned_instance=args.pruned_instance,
-                              traffic_max_rps=args.traffic_max_rps, shadow_window=args.shadow_window)
+                              traffic_max_rps=args.traffic_max_rps, shadow_window=args.shadow_window,
+                              cost_shape=args.cost_shape)
         gpu = args.gpu_capacity
         if gpu is None:  # the default file is read when it exists (`make gpu-bench` writes it)
             from service.cost.gpu import DEFAULT_GPU_CAPACITY
 
             gpu = [DEFAULT_GPU_CAPACITY] if DEFAULT_GPU_CAPACITY.is_file() else []
-        report, data = build_report(loadtests=args.loadtest, prices=args.prices, bench=args.bench,
+        report, data = build_report(capacity=args.capacity, prices=args.prices, bench=args.bench,
                                     manifest=args.manifest, prometheus_url=args.prometheus_url, config=config,
                                     gpu_capacity=gpu)
         files = write_report(report, data, args.out_dir)
@@ -176,7 +177,7 @@ def _cmd_report(args: argparse.Namespace) -> None:
         raise CliError(_one_line(e)) from None
     for v in report.variants.values():
         x = f"{v.x_slo_rps:.1f} req/s" if v.x_slo_rps is not None else "none"
-        print(f"{v.variant}: X_slo {x} ({v.hardware})")
+        print(f"{v.variant}: X_slo {x} at {v.shape} ({v.shape_description}) on {v.hardware}")
     if report.fleet and report.fleet.crossover:
         print(f"crossover: {report.fleet.crossover.note}")
     for b in report.break_even:
@@ -219,12 +220,18 @@ def _add_cost_commands(sub) -> None:
 
     rp = sub.add_parser(
         "report", help="cost report: report.md, report.html, report.json and PNGs (writes results/report/)",
-        description="From load-test results, bench results, the artifact manifest and deploy/prices.yaml (and "
+        description="From capacity files (the open-loop search of `twinserve capacity --variant V` or `twinserve "
+                    "demo`, one per variant), bench results, the artifact manifest and deploy/prices.yaml (and "
                     "Prometheus when given), write report.md, a self-contained report.html, report.json and PNG "
-                    "plots: latency vs load, X_slo per variant, $/1M requests per variant x instance at u and u=1, "
-                    "fleet cost vs traffic with the crossover, blended A/B cost, fidelity beside cost.")
-    rp.add_argument("--loadtest", type=Path, nargs="+", default=[Path("results") / "loadtest.json"],
-                    help="load-test results (several: e.g. a CPU and a GPU run)")
+                    "plots: latency vs load, X_slo per variant and request shape, $/1M requests per variant x "
+                    "instance at u and u=1 (from X_slo at --cost-shape), fleet cost vs traffic with the crossover, "
+                    "blended A/B cost, fidelity beside cost.")
+    rp.add_argument("--capacity", type=Path, nargs="+",
+                    default=[Path("results") / "demo" / f"capacity-{v}.json" for v in ("dense", "pruned")],
+                    help="capacity files, one per variant (twinserve capacity --variant V --shapes 1 8 mix; "
+                         "default: the demo's results/demo/capacity-{dense,pruned}.json)")
+    rp.add_argument("--cost-shape", default="mix", choices=["1", "8", "mix"],
+                    help="request shape whose X_slo the costs use (default: mix, the locustfile's traffic)")
     rp.add_argument("--bench", type=Path, help="bench results (twinserve bench)")
     rp.add_argument("--manifest", type=Path, help="artifact directory or its manifest.json, for fidelity")
     rp.add_argument("--prices", type=Path, default=Path("deploy") / "prices.yaml")
@@ -381,16 +388,15 @@ def _announce(args: argparse.Namespace, art: Path) -> None:
 def _cmd_demo(args: argparse.Namespace) -> None:
     from pydantic import ValidationError
 
-    from service.cost.loadtest import LoadTestError
     from service.cost.prices import PriceError
     from service.cost.report import ReportError
-    from service.demo import DEMO_RATES_RPS, DemoError, run_demo
+    from service.demo import DemoError, run_demo
 
     try:
-        run_demo(out_dir=args.out_dir, artifacts=args.artifacts, preset_name=args.preset,
-                 rates_rps=args.rates or DEMO_RATES_RPS, step_duration_s=args.step_s, warmup_s=args.warmup_s,
-                 prices=args.prices, say=lambda line: print(line, flush=True))
-    except (DemoError, LoadTestError, ReportError, PriceError, ValidationError) as e:
+        run_demo(out_dir=args.out_dir, artifacts=args.artifacts, preset_name=args.preset, budget_s=args.budget_s,
+                 shapes=args.shapes, cost_shape=args.cost_shape, prices=args.prices,
+                 say=lambda line: print(line, flush=True))
+    except (DemoError, ReportError, PriceError, ValidationError, ValueError) as e:
         raise CliError(_one_line(e)) from None
 
 
@@ -516,20 +522,27 @@ def build_parser() -> argparse.ArgumentParser:
     se.set_defaults(func=_cmd_serve)
 
     de = sub.add_parser(
-        "demo", help="prune (cached), serve, Prometheus, load-test both variants, report (writes results/demo/)",
+        "demo", help="prune (cached), serve, Prometheus, capacity search per variant and shape, report "
+                     "(writes results/demo/)",
         description="End to end on this machine: build the artifacts with the `fast` preset unless --preset is "
                     "given (reused when already built), start `twinserve serve` in the background and Prometheus "
-                    "(deploy/prometheus.yml) beside it, sweep both variants with Locust in short steps, send a "
-                    "short shadowed burst, and write the cost report. Writes results/demo/: loadtest.json, "
-                    "serve.log, prometheus/, report/ (report.html, report.md, report.json, PNGs). Stops the "
-                    "server and Prometheus at the end, on failure and on Ctrl-C. About 5-15 minutes on 2 cores "
-                    "once the artifacts exist.")
+                    "(deploy/prometheus.yml) beside it, find X_slo of each variant (pinned with X-Variant) at each "
+                    "request shape with the open-loop capacity search (ramp x2, bisect, repeat), send a short "
+                    "shadowed burst, and write the cost report. The whole run keeps to --budget-s: what is left "
+                    "after the server is up is shared among the searches, which stop early and say so. Writes "
+                    "results/demo/: capacity-dense.json, capacity-pruned.json, capacity.png, serve.log, "
+                    "prometheus/, report/ (report.html, report.md, report.json, PNGs). Stops the server and "
+                    "Prometheus at the end, on failure and on Ctrl-C.")
     de.add_argument("--preset", choices=["fast", "default", "aggressive"],
                     help="pruning preset (default: reuse existing artifacts, else build `fast`)")
     de.add_argument("--artifacts", type=Path, help="artifact directory (default: artifacts/all-MiniLM-L6-v2)")
-    de.add_argument("--rates", type=float, nargs="+", help="offered req/s per step (default: 2 4 8 16)")
-    de.add_argument("--step-s", type=float, default=12.0, help="seconds per step, warm-up included")
-    de.add_argument("--warmup-s", type=float, default=3.0, help="seconds at the start of each step not measured")
+    de.add_argument("--budget-s", type=float, default=570.0,
+                    help="wall-time budget of the whole demo, artifact build included, seconds (default: "
+                         "%(default)s, under 10 minutes)")
+    de.add_argument("--shapes", nargs="+", choices=["1", "8", "mix"], default=["mix", "1", "8"],
+                    help="request shapes to search: the costed one first, then in this order (default: mix 1 8)")
+    de.add_argument("--cost-shape", choices=["1", "8", "mix"], default="mix",
+                    help="request shape whose X_slo the report's costs use (default: mix)")
     de.add_argument("--prices", type=Path, default=Path("deploy") / "prices.yaml")
     de.add_argument("--out-dir", type=Path, default=Path("results") / "demo")
     de.set_defaults(func=_cmd_demo)

@@ -10,7 +10,7 @@ A capacity is only ever one of:
   as-is (the GPU is the bottleneck);
 * **not comparable**: measured on another CPU architecture (x86_64 vs arm64): different kernels,
   different instructions; no figure is carried over;
-* **not measured**: no load test covers the hardware (e.g. the dense variant on a GPU model it
+* **not measured**: no capacity measurement covers the hardware (e.g. the dense variant on a GPU model it
   never ran on). The report shows these as "not measured"; it never invents a figure;
 * **not applicable**: the variant does not use the instance's accelerator (the pruned INT8
   variant is a CPU model; a GPU instance would leave its GPU idle);
@@ -20,23 +20,29 @@ A capacity is only ever one of:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from service.capacity_search import CapacityRun, SearchResult
 from service.cost._hardware import feature_names
 from service.cost.loadtest import LoadTestResult
 from service.cost.model import usd_per_million
 from service.cost.prices import InstancePrice
 
-__all__ = ["CPU_VARIANTS", "GPU_VARIANTS", "CapacityCell", "Measurement", "capacity_cells", "measurements",
-           "normalise_arch"]
+__all__ = ["CPU_VARIANTS", "GPU_VARIANTS", "CapacityCell", "CapacityFileError", "Measurement", "capacity_cells",
+           "capacity_measurement", "load_capacity_run", "measurements", "normalise_arch", "search_method"]
 
 # The design: dense is served on a GPU (CPU fallback when none); pruned INT8 on CPUs.
 GPU_VARIANTS = frozenset({"dense"})
 CPU_VARIANTS = frozenset({"pruned"})
 
 Status = Literal["measured", "projected", "not_measured", "not_applicable", "no_capacity", "not_comparable"]
+
+class CapacityFileError(ValueError):
+    """A capacity file is missing, unreadable, or lacks what the report asks of it."""
+
 
 _ARCH = {"aarch64": "arm64", "arm64": "arm64", "x86_64": "x86_64", "amd64": "x86_64", "x64": "x86_64"}
 
@@ -61,8 +67,10 @@ class Measurement(BaseModel):
     instance_type: str | None
     cpu_flags: list[str] | None = Field(None, description="GEMM features of the measured CPU; None: not recorded")
     shares_machine_with_generator: bool
-    source: str = Field(description="the load-test results file")
+    source: str = Field(description="the capacity file (or load-test results file)")
     method: str = Field("Locust step sweep", description="how X_slo was found")
+    shape: str | None = Field(None, description="request shape X_slo was found at (SHAPES key: 1, 8, mix)")
+    shape_description: str | None = Field(None, description="what that shape sends, in words")
 
     @field_validator("cpu_arch")
     @classmethod
@@ -108,6 +116,41 @@ def measurements(result: LoadTestResult, source: str) -> list[Measurement]:
     ]
 
 
+def load_capacity_run(path: str | Path) -> CapacityRun:
+    """A ``twinserve capacity`` / ``twinserve demo`` capacity file (:class:`CapacityRun`)."""
+    path = Path(path)
+    try:
+        return CapacityRun.model_validate_json(path.read_text())
+    except FileNotFoundError:
+        raise CapacityFileError(f"capacity file {path} not found: `twinserve capacity --variant pruned --shapes 1 8 "
+                                f"mix --out {path}` (or `make demo`) writes one") from None
+    except (ValidationError, ValueError) as e:
+        raise CapacityFileError(f"{path} is not a twinserve capacity file: {e}") from None
+
+
+def search_method(result: SearchResult) -> str:
+    """How a search found its X_slo, in one line."""
+    p = result.plan
+    return (f"open-loop capacity search (ramp x{p.growth:g} from {p.start_rps:g} req/s, bisect to "
+            f"{p.resolution:.0%}, winner and the failure above it repeated; probes >= {p.min_requests} requests or "
+            f"{p.min_duration_s:g} s after {p.warmup_s:g} s warm-up; budget {p.max_total_s:g} s)")
+
+
+def capacity_measurement(run: CapacityRun, shape: str, source: str) -> Measurement:
+    """X_slo of ``run``'s variant at request shape ``shape``, with the hardware it was measured on."""
+    if shape not in run.searches:
+        raise CapacityFileError(f"{source} has no search at request shape {shape!r} (it has "
+                                f"{', '.join(run.searches) or 'none'}): measure it with `--shapes {shape}`, or cost "
+                                f"another shape (--cost-shape)")
+    r = run.searches[shape]
+    return Measurement(
+        variant=run.variant or "routed", x_slo_rps=r.x_slo_rps, slo_p99_ms=r.criteria.slo_p99_ms,
+        hardware=run.hardware, cpu_count=run.cpu_count, cpu_arch=normalise_arch(run.cpu_arch),
+        gpu_model=run.gpu_model, instance_type=run.instance_type, cpu_flags=run.cpu_flags,
+        shares_machine_with_generator=True,  # the open-loop generator only targets loopback
+        source=source, method=search_method(r), shape=shape, shape_description=run.shapes.get(shape, shape))
+
+
 def _uses_gpu(m: Measurement) -> bool:
     return m.gpu_model is not None and m.variant in GPU_VARIANTS
 
@@ -142,7 +185,7 @@ def _one(variant: str, price: InstancePrice, found: Sequence[Measurement], u: fl
         if m.instance_type == price.instance_type:
             if m.x_slo_rps is None:
                 return _cell(variant, price, u, status="no_capacity", measured_on=m.hardware, m=m,
-                             note=f"measured on {price.instance_type}: no step met the p99 SLO")
+                             note=f"measured on {price.instance_type}: no rate met the SLO")
             return _cell(variant, price, u, status="measured", capacity=m.x_slo_rps, measured_on=m.hardware,
                          note=burst.strip(), m=m)
     if price.gpu is not None:
@@ -158,7 +201,7 @@ def _one(variant: str, price: InstancePrice, found: Sequence[Measurement], u: fl
         m = max(same, key=lambda m: m.x_slo_rps or 0)
         if m.x_slo_rps is None:
             return _cell(variant, price, u, status="no_capacity", measured_on=m.hardware, m=m,
-                         note=f"measured on a {m.gpu_model}: no step met the p99 SLO")
+                         note=f"measured on a {m.gpu_model}: no rate met the SLO")
         return _cell(variant, price, u, status="projected", capacity=m.x_slo_rps,
                      rule=f"same GPU ({m.gpu_model}), carried as-is: the GPU is the bottleneck",
                      measured_on=m.hardware, m=m,
@@ -181,7 +224,7 @@ def _one(variant: str, price: InstancePrice, found: Sequence[Measurement], u: fl
     m = max(same_arch, key=lambda m: ((m.x_slo_rps or 0) / m.cpu_count))
     if m.x_slo_rps is None:
         return _cell(variant, price, u, status="no_capacity", measured_on=m.hardware, m=m,
-                     note="measured on CPU: no step met the p99 SLO")
+                     note="measured on CPU: no rate met the SLO")
     projected = m.x_slo_rps * price.vcpus / m.cpu_count
     notes = [_feature_note(m, price)]
     if m.cpu_arch == "unknown":

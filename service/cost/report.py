@@ -1,4 +1,10 @@
-"""``twinserve report``: load tests + bench + manifest + prices (+ Prometheus) → report.md/.html/.json + PNGs.
+"""``twinserve report``: capacity files + bench + manifest + prices (+ Prometheus) → report.md/.html/.json + PNGs.
+
+Capacity comes from one input format: the capacity search's file (:class:`CapacityRun`, written by
+``twinserve capacity --variant V`` and ``twinserve demo``), one per variant, each with X_slo per
+request shape (1 text, 8 texts, the locustfile's mix). The costs use one shape (``cost_shape``,
+the mix by default), and the report says which, beside every X_slo. (The GPU capacity file of
+``make gpu-bench`` is a separate, GPU-only input for the break-even.)
 
 ``report.json`` is the machine-readable truth (:class:`Report`); the Markdown and the
 self-contained HTML (plots inline as base64) are rendered from the same numbers. Every
@@ -20,12 +26,20 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from service.capacity_search import CapacityRun, SearchResult, plot_searches
 from service.cost import _plots
 from service.cost._doc import Doc
 from service.cost._hardware import feature_names
-from service.cost.capacity import CapacityCell, Measurement, capacity_cells, measurements
+from service.cost.capacity import (
+    CapacityCell,
+    CapacityFileError,
+    Measurement,
+    capacity_cells,
+    capacity_measurement,
+    load_capacity_run,
+    search_method,
+)
 from service.cost.gpu import BreakEven, GpuCapacityError, break_even_x_slo, load_gpu_capacity
-from service.cost.loadtest import LoadTestError, LoadTestResult, load_loadtest
 from service.cost.model import Crossover, Offer, blended_usd_per_million, crossover, split_fleet
 from service.cost.prices import InstancePrice, PriceCatalog, load_prices
 
@@ -63,6 +77,8 @@ class ReportConfig(_Strict):
     pruned_instance: str | None = Field(None, description="instance for the pruned fleet (default: cheapest $/1M)")
     traffic_max_rps: float | None = Field(None, gt=0, description="right end of the fleet-cost plot, req/s")
     shadow_window: str = Field("1h", pattern=r"^\d+[smhdw]$", description="PromQL range for live shadow agreement")
+    cost_shape: str = Field("mix", description="request shape whose X_slo the costs use (1, 8, mix: the "
+                                               "locustfile's traffic mix)")
     shadow_metric: str = Field(DEFAULT_SHADOW_METRIC, description="prefix of the shadow counters (<prefix>_cosine_sum_total, <prefix>_texts_total), label `variant`")
 
 
@@ -89,14 +105,37 @@ class InputFile(_Strict):
 
 
 class StepSummary(_Strict):
+    """One probe of the capacity search, in the order run."""
+
+    phase: str = Field(description="ramp, bisect or confirm (a repeat)")
     offered_rps: float
-    achieved_rps: float
+    achieved_rps: float = Field(description="200 answers completed inside the window, per second")
     p50_ms: float | None
     p99_ms: float | None
     error_ratio: float
     generator_cpu_cores: float
+    generator_late: bool = False
     passed: bool
     reasons: list[str]
+
+
+class ShapeCapacity(_Strict):
+    """X_slo of one variant at one request shape, as its search found it."""
+
+    shape: str
+    description: str = Field(description="what each request carries")
+    x_slo_rps: float | None = Field(description="confirmed X_slo (passed twice), req/s; None: none confirmed")
+    status: str = Field(description="the search's status: confirmed, none, unconfirmed, budget")
+    lower_bound: bool
+    best_single_pass_rps: float | None
+    max_answered_rps: float
+    non_monotone: bool
+    noisy_rps: list[float]
+    probes: int
+    elapsed_s: float
+    method: str
+    costed: bool = Field(description="the costs use this shape's X_slo")
+    notes: list[str]
 
 
 class Fidelity(_Strict):
@@ -116,7 +155,11 @@ class LiveShadow(_Strict):
 
 class VariantSummary(_Strict):
     variant: str
-    x_slo_rps: float | None = Field(description="measured X_slo on `hardware`, req/s; None: no step met the SLO")
+    x_slo_rps: float | None = Field(description="measured X_slo on `hardware` at `shape`, req/s (the figure the "
+                                                "costs use); None: no rate met the SLO twice")
+    shape: str = Field(description="the request shape of x_slo_rps")
+    shape_description: str = Field(description="what each request carried: the traffic mix behind x_slo_rps")
+    shapes: dict[str, ShapeCapacity] = Field(description="X_slo at every request shape measured, by shape")
     slo_p99_ms: float
     hardware: str
     cpu_count: int
@@ -125,8 +168,8 @@ class VariantSummary(_Strict):
     instance_type: str | None
     source: str
     generator_cpu_cores_at_x_slo: float | None
-    generator_cpu_bound_at_x_slo: bool | None
-    steps: list[StepSummary]
+    generator_late_at_x_slo: bool | None = Field(description="the generator sent late (p99) at X_slo's confirm probe")
+    steps: list[StepSummary] = Field(description="the probes of the costed shape's search")
     notes: list[str]
     fidelity: Fidelity | None = Field(description="from the manifest: agreement with dense on held-out text")
     live_shadow: LiveShadow | None = Field(description="from Prometheus: live shadow agreement")
@@ -186,12 +229,14 @@ class BenchSummary(_Strict):
 
 
 class Report(_Strict):
-    schema_version: int = 1
+    schema_version: int = 2
     created_at: datetime
     inputs: list[InputFile]
     utilisation: float
     slo_p99_ms: float
     criteria: Criteria
+    cost_shape: str = Field(description="the request shape whose X_slo the costs use")
+    cost_shape_description: str = Field(description="what each request of that shape carries")
     variants: dict[str, VariantSummary]
     prices: list[InstancePrice]
     cells: list[CapacityCell] = Field(description="per variant x instance: $/1M at u and at u = 1, projected or not")
@@ -306,24 +351,33 @@ def dense_share_from_serve_config(path: str | Path) -> float:
 # --------------------------------------------------------------------------- building
 
 
-def _variant_summary(result: LoadTestResult, name: str, source: str) -> VariantSummary | None:
-    sweep = result.variant(name)
-    if sweep is None:
-        return None
-    best = next((s for s in sweep.steps if s.index == sweep.x_slo_step), None)
+def _step(p) -> StepSummary:
+    return StepSummary(phase=p.phase, offered_rps=p.offered_rps, achieved_rps=p.answered_rps,
+                       p50_ms=p.latency.p50_ms if p.latency else None, p99_ms=p.latency.p99_ms if p.latency else None,
+                       error_ratio=p.error_ratio, generator_cpu_cores=p.generator_cpu_cores,
+                       generator_late=p.generator_late, passed=p.passed, reasons=p.reasons)
+
+
+def _shape_capacity(shape: str, description: str, r: SearchResult, costed: bool) -> ShapeCapacity:
+    return ShapeCapacity(shape=shape, description=description, x_slo_rps=r.x_slo_rps, status=r.status,
+                         lower_bound=r.lower_bound, best_single_pass_rps=r.best_single_pass_rps,
+                         max_answered_rps=r.max_answered_rps, non_monotone=r.non_monotone, noisy_rps=r.noisy_rps,
+                         probes=len(r.probes), elapsed_s=r.elapsed_s, method=search_method(r), costed=costed,
+                         notes=r.notes)
+
+
+def _variant_summary(run: CapacityRun, shape: str, source: str) -> VariantSummary:
+    r = run.searches[shape]
+    at_x = [p for p in r.probes if r.x_slo_rps is not None and p.offered_rps == r.x_slo_rps and p.phase == "confirm"]
     return VariantSummary(
-        variant=name, x_slo_rps=sweep.x_slo_rps, slo_p99_ms=result.slo.slo_p99_ms,
-        hardware=result.server.description, cpu_count=result.server.cpu_count, cpu_flags=result.server.cpu_flags,
-        gpu_model=result.server.gpu_model,
-        instance_type=result.server.instance_type, source=source,
-        generator_cpu_cores_at_x_slo=best.generator_cpu_cores if best else None,
-        generator_cpu_bound_at_x_slo=best.generator_cpu_bound if best else None,
-        steps=[StepSummary(offered_rps=s.offered_rps, achieved_rps=s.achieved_rps,
-                           p50_ms=s.latency.p50_ms if s.latency else None,
-                           p99_ms=s.latency.p99_ms if s.latency else None, error_ratio=s.error_ratio,
-                           generator_cpu_cores=s.generator_cpu_cores, passed=s.passed, reasons=s.reasons)
-               for s in sweep.steps],
-        notes=sweep.notes, fidelity=None, live_shadow=None)
+        variant=run.variant or "routed", x_slo_rps=r.x_slo_rps, shape=shape,
+        shape_description=run.shapes.get(shape, shape),
+        shapes={k: _shape_capacity(k, run.shapes.get(k, k), v, k == shape) for k, v in run.searches.items()},
+        slo_p99_ms=r.criteria.slo_p99_ms, hardware=run.hardware, cpu_count=run.cpu_count, cpu_flags=run.cpu_flags,
+        gpu_model=run.gpu_model, instance_type=run.instance_type, source=source,
+        generator_cpu_cores_at_x_slo=at_x[-1].generator_cpu_cores if at_x else None,
+        generator_late_at_x_slo=at_x[-1].generator_late if at_x else None,
+        steps=[_step(p) for p in r.probes], notes=r.notes, fidelity=None, live_shadow=None)
 
 
 def _choose(cells: Sequence[CapacityCell], variant: str, wanted: str | None) -> CapacityCell | None:
@@ -448,7 +502,7 @@ def _break_even(cells: Sequence[CapacityCell], catalog: PriceCatalog, found: Seq
 
 def build_report(
     *,
-    loadtests: Sequence[Path],
+    capacity: Sequence[Path],
     prices: Path,
     bench: Path | None = None,
     manifest: Path | None = None,
@@ -457,19 +511,23 @@ def build_report(
     fetch: Fetch = _http_get,
     gpu_capacity: Sequence[Path] = (),
 ) -> tuple[Report, dict]:
-    """Assemble the report's numbers (no files written). Returns the report and what the plots need."""
+    """Assemble the report's numbers (no files written). Returns the report and what the plots need.
+
+    ``capacity``: capacity files (``twinserve capacity --variant V``, ``twinserve demo``), one per variant;
+    the costs use each file's search at ``config.cost_shape``."""
     config = config or ReportConfig()
-    if not loadtests:
-        raise ReportError("give at least one load-test result (twinserve loadtest --sweep writes one)")
+    if not capacity:
+        raise ReportError("give at least one capacity file (`twinserve capacity --variant pruned --shapes 1 8 mix` "
+                          "or `twinserve demo` writes one)")
     catalog: PriceCatalog = load_prices(prices)
     inputs = [InputFile(kind="prices", path=str(prices), sha256=_sha256(Path(prices)))]
-    results: list[tuple[Path, LoadTestResult]] = []
-    for p in loadtests:
+    results: list[tuple[Path, CapacityRun]] = []
+    for p in capacity:
         try:
-            results.append((Path(p), load_loadtest(p)))
-        except LoadTestError as e:
+            results.append((Path(p), load_capacity_run(p)))
+        except CapacityFileError as e:
             raise ReportError(str(e)) from None
-        inputs.append(InputFile(kind="loadtest", path=str(p), sha256=_sha256(Path(p))))
+        inputs.append(InputFile(kind="capacity", path=str(p), sha256=_sha256(Path(p))))
     gpu_caps = []
     for p in gpu_capacity:
         try:
@@ -477,31 +535,42 @@ def build_report(
         except GpuCapacityError as e:
             raise ReportError(str(e)) from None
         inputs.append(InputFile(kind="gpu_capacity", path=str(p), sha256=_sha256(Path(p))))
-    crits = {(r.slo.slo_p99_ms, r.slo.max_error_ratio, r.slo.min_achieved_ratio) for _, r in results}
+    crits = {(s.criteria.slo_p99_ms, s.criteria.max_error_ratio, s.criteria.min_achieved_ratio)
+             for _, r in results for s in r.searches.values()}
     crits |= {(g.slo.slo_p99_ms, g.slo.max_error_ratio, g.slo.min_achieved_ratio) for _, g in gpu_caps}
     if len(crits) > 1:
         raise ReportError("the capacities were found with different criteria (p99 ms, error ratio, answered share: "
                           f"{sorted(crits)}); compare runs made with one set")
+    if not crits:
+        raise ReportError(f"the capacity files hold no search: {', '.join(str(p) for p, _ in results)}")
     slo_p99_ms, max_error_ratio, min_achieved_ratio = crits.pop()
     criteria = Criteria(slo_p99_ms=slo_p99_ms, max_error_ratio=max_error_ratio,
                         min_achieved_ratio=min_achieved_ratio)
 
+    shape = config.cost_shape
     found: list[Measurement] = []
     variants: dict[str, VariantSummary] = {}
+    descriptions = set()
     for path, r in results:
-        found += measurements(r, str(path))
-        for name in [v.variant for v in r.variants]:
-            summary = _variant_summary(r, name, str(path))
-            if name not in variants:
-                variants[name] = summary
+        try:
+            m = capacity_measurement(r, shape, str(path))
+        except CapacityFileError as e:
+            raise ReportError(str(e)) from None
+        descriptions.add(m.shape_description)
+        if m.variant == "routed":
+            continue  # a routed run measures the policy's blend, not a variant
+        found.append(m)
+        if m.variant not in variants:
+            variants[m.variant] = _variant_summary(r, shape, str(path))
     for path, g in gpu_caps:
         found.append(g.measurement(str(path)))
     for name, summary in variants.items():
         summary.other_measurements = [m for m in found if m.variant == name and
                                       (m.source, m.hardware) != (summary.source, summary.hardware)]
     notes: list[str] = []
-    for _, r in results:
-        notes += r.notes
+    if results:
+        notes.append("the open-loop generator ran on the server's machine (loopback only) and took CPU from it: see "
+                     "generator_cpu_cores per probe; capacities are therefore conservative for a dedicated machine")
     if any(p.burstable for p in catalog.instances):
         notes.append("burstable instances (" + ", ".join(p.instance_type for p in catalog.instances if p.burstable)
                      + "): sustained load adds CPU-credit charges that their hourly price excludes")
@@ -558,7 +627,9 @@ def build_report(
             usd_per_million_at_u=c.usd_per_million_at_u, usd_per_million_at_u1=c.usd_per_million_at_u1,
             projected=c.projected, status=c.status, capacity_rps=c.capacity_rps)
     report = Report(created_at=datetime.now(timezone.utc), inputs=inputs, utilisation=config.utilisation,
-                    slo_p99_ms=slo_p99_ms, criteria=criteria, variants=variants, prices=catalog.instances, cells=cells,
+                    slo_p99_ms=slo_p99_ms, criteria=criteria, cost_shape=shape,
+                    cost_shape_description=" / ".join(sorted(descriptions)), variants=variants,
+                    prices=catalog.instances, cells=cells,
                     usd_per_million=per_m, break_even=breaks, fleet=fleet, bench=bench_summary, notes=notes)
     plot_data["results"] = results
     return report, plot_data
@@ -580,18 +651,16 @@ def _usd(x: float | None, status: str = "not_measured") -> str:
 
 def _plots_for(report: Report, data: dict, out_dir: Path) -> dict[str, Path]:
     files: dict[str, Path] = {}
-    sweeps = []
-    for path, r in data["results"]:
-        for v in r.variants:
-            best = next((s for s in v.steps if s.index == v.x_slo_step), None)
-            sweeps.append({
-                "label": f"{v.variant} @ {r.server.instance_type or r.server.description[:40]}", "variant": v.variant,
-                "offered": [s.offered_rps for s in v.steps], "achieved": [s.achieved_rps for s in v.steps],
-                "p50": [s.latency.p50_ms if s.latency else None for s in v.steps],
-                "p99": [s.latency.p99_ms if s.latency else None for s in v.steps],
-                "x_slo": v.x_slo_rps, "x_slo_offered": best.offered_rps if best else None})
-    files["latency"] = _plots.latency_vs_load(sweeps, report.slo_p99_ms, out_dir / "latency_vs_load.png")
-    rows = [(s["variant"], s["label"], s["x_slo"]) for s in sweeps]
+    panels: dict[str, dict[str, SearchResult]] = {}
+    rows = []
+    for _, r in data["results"]:
+        label = f"{r.variant or 'routed'} @ {r.instance_type or r.hardware[:32]}"
+        for k, search in r.searches.items():
+            panels.setdefault(r.shapes.get(k, k), {})[label] = search
+            rows.append((r.variant or "routed", f"{label}, {k} ({'costed' if k == report.cost_shape else 'shape'})",
+                         search.x_slo_rps))
+    files["latency"] = plot_searches(panels, out_dir / "latency_vs_load.png",
+                                     title="capacity searches: latency from the scheduled send vs offered load")
     files["x_slo"] = _plots.x_slo_bars(rows, report.slo_p99_ms, out_dir / "x_slo.png")
     instances = [p.key for p in report.prices]
     vs = sorted({c.variant for c in report.cells})
@@ -621,37 +690,56 @@ def _document(report: Report, files: dict[str, Path]) -> Doc:
     u = report.utilisation
     doc = Doc("twinserve cost report")
     cr = report.criteria
-    doc.p(f"Generated {report.created_at:%Y-%m-%d %H:%M} UTC. Criteria the capacities were found with (as their "
-          f"load tests recorded them): client-side p99 <= {cr.slo_p99_ms:g} ms, errors < {cr.max_error_ratio:.2%}, "
-          f"answered rate >= {cr.min_achieved_ratio:.0%} of offered. Cost: "
-          f"`$/1M = price_usd_per_hour x 10^6 / (3600 x u x X_slo)`, u = {u:g} (u = 1 beside it). `report.json` "
-          "holds every number shown here.")
+    doc.p(f"Generated {report.created_at:%Y-%m-%d %H:%M} UTC. Criteria every capacity was found with (as the "
+          f"capacity searches recorded them): p99 <= {cr.slo_p99_ms:g} ms timed from the scheduled send (open "
+          f"loop), errors < {cr.max_error_ratio:.2%}, answered rate >= {cr.min_achieved_ratio:.0%} of offered, and "
+          f"confirmed by a repeat. The costs use X_slo at request shape **{report.cost_shape}** "
+          f"({report.cost_shape_description}). Cost: `$/1M = price_usd_per_hour x 10^6 / (3600 x u x X_slo)`, "
+          f"u = {u:g} (u = 1 beside it). `report.json` holds every number shown here.")
 
     doc.h("Capacity within the SLO (X_slo)")
-    doc.table(["variant", "X_slo req/s", "measured on", "CPUs", "CPU features", "generator CPU at X_slo", "source"],
-              [[v.variant, _f(v.x_slo_rps, ".4g", "no step met the SLO"), v.hardware + (
+    doc.p("Each variant pinned with `X-Variant`, each request shape searched on its own: exponential ramp, binary "
+          "search, the winner and the failure above it repeated. X_slo is the highest offered rate that passed "
+          "twice; a rate that passed once and failed once is **noisy** and both runs are listed below.")
+    shape_rows = []
+    for v in report.variants.values():
+        for sc in v.shapes.values():
+            x = _f(sc.x_slo_rps, ".4g", "none confirmed") + (" (lower bound)" if sc.lower_bound else "")
+            flags = [f"noisy at {', '.join(f'{r:.4g}' for r in sc.noisy_rps)} req/s"] if sc.noisy_rps else []
+            flags += ["non-monotone"] if sc.non_monotone else []
+            shape_rows.append([v.variant, sc.description, x + (" **(costed)**" if sc.costed else ""),
+                               sc.status, _f(sc.best_single_pass_rps, ".4g", "-"), f"{sc.max_answered_rps:.1f}",
+                               f"{sc.probes} probes, {sc.elapsed_s:.0f} s", "; ".join(flags) or "-"])
+    doc.table(["variant", "request shape (traffic mix)", "X_slo req/s", "search", "best single pass",
+               "most answered req/s", "effort", "flags"], shape_rows)
+    doc.table(["variant", f"X_slo req/s at {report.cost_shape}", "measured on", "CPUs", "CPU features",
+               "generator CPU at X_slo", "source"],
+              [[v.variant, _f(v.x_slo_rps, ".4g", "no rate met the SLO twice"), v.hardware + (
                   f" ({v.instance_type})" if v.instance_type else "") + (f", GPU {v.gpu_model}" if v.gpu_model else ""),
                 str(v.cpu_count), "not recorded" if v.cpu_flags is None else (feature_names(v.cpu_flags) or "none"),
                 "n/a" if v.generator_cpu_cores_at_x_slo is None else
-                f"{v.generator_cpu_cores_at_x_slo:.2f} cores" + (" (CPU-bound!)" if v.generator_cpu_bound_at_x_slo
+                f"{v.generator_cpu_cores_at_x_slo:.2f} cores" + (" (sent late!)" if v.generator_late_at_x_slo
                                                                   else ""), f"`{v.source}`"]
                for v in report.variants.values()])
-    doc.img(files["x_slo"], "X_slo per variant, with the hardware it was measured on")
+    doc.img(files["x_slo"], "X_slo per variant and request shape, with the hardware it was measured on")
     doc.h("Latency vs offered load", 3)
-    doc.img(files["latency"], "Client-side latency percentiles and achieved rate vs offered load")
+    doc.img(files["latency"], "Latency percentiles from the scheduled send vs offered load, one panel per request "
+                              "shape; every probe is a point, repeats hollow")
     for v in report.variants.values():
-        doc.table([f"{v.variant}: offered req/s", "achieved req/s", "p50 ms", "p99 ms", "errors", "generator cores",
-                   "counts?"],
-                  [[f"{s.offered_rps:g}", f"{s.achieved_rps:.1f}", _f(s.p50_ms, ".1f"), _f(s.p99_ms, ".1f"),
-                    f"{s.error_ratio:.2%}", f"{s.generator_cpu_cores:.2f}",
+        doc.p(f"**{v.variant}** at {v.shape} ({v.shape_description}), every probe in the order run:")
+        doc.table([f"{v.variant}: phase", "offered req/s", "answered req/s", "p50 ms", "p99 ms", "errors",
+                   "generator cores", "counts?"],
+                  [[s.phase, f"{s.offered_rps:.4g}", f"{s.achieved_rps:.1f}", _f(s.p50_ms, ".1f"), _f(s.p99_ms, ".1f"),
+                    f"{s.error_ratio:.2%}", f"{s.generator_cpu_cores:.2f}" + (" (late)" if s.generator_late else ""),
                     "yes" if s.passed else "no: " + "; ".join(s.reasons)] for s in v.steps])
-        doc.ul(v.notes)
+        doc.ul([f"{k}: {n}" for k, sc in v.shapes.items() for n in sc.notes])
+        doc.p(f"Method: {v.shapes[v.shape].method}.")
 
     doc.h("Cost per million requests, variant x instance")
     doc.p(f"At u = {u:g} and at u = 1. **projected** figures were measured on other hardware and carried over by "
           "the rule shown, with the CPU features (AMX, AVX-512 VNNI, ...) that differ between the two; **not "
           "comparable** means the figure was measured on another CPU architecture (x86_64 vs arm64) and is not "
-          "carried over; **not measured** means no load test covers that hardware, so there is no figure.")
+          "carried over; **not measured** means no capacity measurement covers that hardware, so there is no figure.")
     doc.table(["variant", "instance", "$/h", "X_slo req/s", f"$/1M at u={u:g}", "$/1M at u=1", "status",
                "measured on"],
               [[c.variant, c.instance, f"{c.price_usd_per_hour:g}", _f(c.capacity_rps, ".4g", "-"),

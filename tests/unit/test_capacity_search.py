@@ -259,3 +259,16 @@ def test_generator_late_probes_are_named_in_the_notes():
     late = note.split(" at ", 1)[1].split(" req/s")[0].split(", ")
     assert late == [f"{x:.4g}" for x in sorted({p.offered_rps for p in r.probes if p.offered_rps >= 64})]
     assert "32" not in late and r.x_slo_rps is not None  # flagged, not failed: the fake passed them
+
+
+def test_a_ramp_cut_by_the_time_budget_before_any_failure_is_a_lower_bound():
+    server = FakeServer(capacity=300, wall_s=10.0)
+    plan = PLAN.model_copy(update={"max_total_s": 30, "min_duration_s": 5, "min_window_s": 5, "warmup_s": 2,
+                                   "pause_s": 0})
+    r = search_capacity(server, plan, SLO)
+    # 8 and 16 pass; 32 would not leave room for its repeat: no rate failed, so 16 is only a floor
+    assert [rate for rate, _ in server.calls] == [8, 16, 16]
+    assert r.status == "confirmed" and r.x_slo_rps == 16 and r.lower_bound
+    assert any("ramp stopped by the time budget at 16 req/s" in n and "lower bound" in n for n in r.notes)
+    # a bracketed X_slo is not a lower bound
+    assert not search_capacity(FakeServer(capacity=300), PLAN, SLO).lower_bound

@@ -12,7 +12,7 @@ import pytest
 
 from service.cost.gpu import load_gpu_capacity
 from service.cost.report import build_report
-from tests.unit.test_report import CPU_BOX, CPU_SPECS, PRICES, T4_BOX, _result
+from tests.unit.test_report import CPU_BOX, CPU_SPECS, PRICES, T4_BOX, _capacity, _sweep
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gpu_bench.py"
 
@@ -49,7 +49,7 @@ def test_refuses_to_measure_without_a_gpu(tmp_path):
 
 
 def test_from_loadtest_writes_the_file_the_report_reads(tmp_path):
-    sweep = _result(tmp_path, "sweep.json", T4_BOX.model_copy(update={"instance_type": None}),
+    sweep = _sweep(tmp_path, "sweep.json", T4_BOX.model_copy(update={"instance_type": None}),
                     {"dense": [(100, 100.0, 20), (200, 199.0, 60), (400, 300.0, 500)]})
     out = tmp_path / "gpu"
     r = _run("--from-loadtest", str(sweep), "--instance-type", "g4dn.xlarge", "--out-dir", str(out))
@@ -61,14 +61,14 @@ def test_from_loadtest_writes_the_file_the_report_reads(tmp_path):
     assert cap.instance_type == "g4dn.xlarge" and cap.measurement_file == str(sweep)
     assert len(cap.measurement_sha256) == 64
 
-    cpu = _result(tmp_path, "cpu.json", CPU_BOX, CPU_SPECS)
-    report, _ = build_report(loadtests=[cpu], prices=PRICES, gpu_capacity=[out / "capacity.json"])
+    cpu = _capacity(tmp_path, "cpu.json", CPU_BOX, CPU_SPECS)
+    report, _ = build_report(capacity=cpu, prices=PRICES, gpu_capacity=[out / "capacity.json"])
     (g4,) = [b for b in report.break_even if b.gpu_instance == "g4dn.xlarge"]
     assert g4.measured_x_slo_rps == pytest.approx(199.0) and g4.required_x_slo_rps > 0
 
 
 def test_from_loadtest_refuses_a_cpu_sweep(tmp_path):
-    sweep = _result(tmp_path, "cpu.json", CPU_BOX, {"dense": [(10, 10.0, 20)]})
+    sweep = _sweep(tmp_path, "cpu.json", CPU_BOX, {"dense": [(10, 10.0, 20)]})
     r = _run("--from-loadtest", str(sweep), "--out-dir", str(tmp_path / "gpu"))
     assert r.returncode == 2 and "named no GPU" in r.stderr
     assert not (tmp_path / "gpu" / "capacity.json").exists()

@@ -1,4 +1,7 @@
-"""``twinserve report`` from synthetic typed inputs: numbers equal the inputs, real PNGs, HTML that stands alone."""
+"""``twinserve report`` from synthetic typed inputs: numbers equal the inputs, real PNGs, HTML that stands alone.
+
+The report's capacity input is the capacity search's file (``CapacityRun``, one per variant); the Locust
+sweeps built here (``_sweep``) only feed the GPU capacity file of ``make gpu-bench``."""
 
 from __future__ import annotations
 
@@ -12,9 +15,16 @@ import yaml
 from PIL import Image
 
 from service.bench import BenchCell, BenchResult
+from service.capacity_search import (
+    CapacityRun,
+    LatencyPercentiles,
+    ProbeResult,
+    SearchPlan,
+    SearchResult,
+    probe_verdict,
+)
 from service.cli import main
 from service.cost.loadtest import (
-    LoadTestResult,
     RawRun,
     RawStep,
     ServerHardware,
@@ -50,7 +60,10 @@ def _run(variant: str, spec: list[tuple[float, float, float]], plan: SweepPlan) 
                   pid=1, plan={}, stopped_early=False, multi_share=0.2, max_inputs=8, user_pool=100, steps=steps)
 
 
-def _result(tmp_path: Path, name: str, server: ServerHardware, specs: dict, slo: SloCriteria | None = None) -> Path:
+def _sweep(tmp_path: Path, name: str, server: ServerHardware, specs: dict, slo: SloCriteria | None = None) -> Path:
+    """A Locust sweep (``twinserve loadtest``): what ``make gpu-bench`` turns into a GPU capacity file."""
+    from service.cost.loadtest import LoadTestResult
+
     plan = SweepPlan(rates_rps=sorted({o for spec in specs.values() for o, _, _ in spec}), step_duration_s=12,
                      warmup_s=2)
     slo = slo or SloCriteria()
@@ -62,6 +75,51 @@ def _result(tmp_path: Path, name: str, server: ServerHardware, specs: dict, slo:
     path = tmp_path / name
     path.write_text(result.model_dump_json(indent=2))
     return path
+
+
+def _search(spec: list[tuple[float, float, float]], slo: SloCriteria) -> SearchResult:
+    """A capacity search whose probes are ``spec``: (offered, answered, p99) in the order run; the highest
+    pass is repeated (phase confirm) and is X_slo."""
+    probes = []
+    for offered, answered, p99 in spec:
+        reasons = probe_verdict(offered_rps=offered, answered_rps=answered, p99_ms=p99, error_ratio=0.0, criteria=slo)
+        n = int(offered * 10)
+        probes.append(ProbeResult(
+            phase="ramp", offered_rps=offered, window_s=10.0, warmup_s=2.0, sent=n, ok=n, errors=0, error_ratio=0.0,
+            answered_rps=answered, achieved_ratio=answered / offered,
+            latency=LatencyPercentiles(p50_ms=5.0, p90_ms=p99 / 2, p99_ms=p99, max_ms=p99 * 1.5, mean_ms=6.0),
+            status_counts={"200": n}, texts_per_request_mean=1.8, send_lag_p99_ms=0.5, generator_cpu_cores=0.1,
+            wall_s=13.0, passed=not reasons, reasons=reasons))
+    passed = [p for p in probes if p.passed]
+    x = max((p.offered_rps for p in passed), default=None)
+    if x is not None:
+        probes.append(next(p for p in passed if p.offered_rps == x).model_copy(update={"phase": "confirm"}))
+    return SearchResult(criteria=slo, plan=SearchPlan(start_rps=spec[0][0]), status="confirmed" if x else "none",
+                        x_slo_rps=x, lower_bound=False, best_single_pass_rps=x,
+                        max_answered_rps=max(a for _, a, _ in spec), non_monotone=False, noisy_rps=[], notes=[],
+                        elapsed_s=13.0 * len(probes), probes=probes)
+
+
+MIX = "mix: 80% of requests 1 text, 20% 2-8 texts (the locustfile's default mix)"
+
+
+def _capacity(tmp_path: Path, name: str, server: ServerHardware, specs: dict, slo: SloCriteria | None = None,
+              single: dict | None = None) -> list[Path]:
+    """Capacity files as ``twinserve capacity --variant V --shapes mix 1`` writes them, one per variant of
+    ``specs`` (the mix); at 1 text per request, ``single``'s spec, else the mix's at twice the rates."""
+    slo = slo or SloCriteria()
+    paths = []
+    for v, spec in specs.items():
+        one = (single or {}).get(v) or [(o * 2, a * 2, p) for o, a, p in spec]
+        run = CapacityRun(created_at=datetime.now(timezone.utc), url="http://127.0.0.1:8000/v1/embeddings",
+                          headers={"X-Variant": v}, variant=v, hardware=server.description, cpu_count=server.cpu_count,
+                          cpu_arch=server.cpu_arch, gpu_model=server.gpu_model, instance_type=server.instance_type,
+                          cpu_flags=server.cpu_flags or [], shapes={"mix": MIX, "1": "1 text per request"},
+                          searches={"mix": _search(spec, slo), "1": _search(one, slo)})
+        path = tmp_path / f"{Path(name).stem}-{v}.json"
+        path.write_text(run.model_dump_json(indent=2))
+        paths.append(path)
+    return paths
 
 
 def _manifest(tmp_path: Path) -> Path:
@@ -104,32 +162,40 @@ def _cell(report: Report, variant: str, instance: str):
 
 
 def test_report_numbers_equal_inputs_and_files_are_valid(tmp_path):
-    lt = _result(tmp_path, "loadtest.json", CPU_BOX, CPU_SPECS)
-    report, data = build_report(loadtests=[lt], prices=PRICES, bench=_bench(tmp_path), manifest=_manifest(tmp_path),
+    lt = _capacity(tmp_path, "loadtest.json", CPU_BOX, CPU_SPECS)
+    report, data = build_report(capacity=lt, prices=PRICES, bench=_bench(tmp_path), manifest=_manifest(tmp_path),
                                 config=ReportConfig(utilisation=0.7, dense_share=0.25))
     out = tmp_path / "report"
     files = write_report(report, data, out)
 
-    src = LoadTestResult.model_validate_json(lt.read_text())
+    src = {p.name: CapacityRun.model_validate_json(p.read_text()) for p in lt}
     doc = json.loads((out / "report.json").read_text())
     Report.model_validate(doc)  # the file is the typed model, unknown keys rejected
     for v in ("dense", "pruned"):
-        assert doc["variants"][v]["x_slo_rps"] == src.variant(v).x_slo_rps
+        run = src[f"loadtest-{v}.json"]
+        assert doc["variants"][v]["x_slo_rps"] == run.searches["mix"].x_slo_rps  # the costed shape: the mix
+        assert doc["variants"][v]["shape"] == "mix" and doc["variants"][v]["shape_description"] == MIX
+        assert doc["variants"][v]["shapes"]["1"]["x_slo_rps"] == run.searches["1"].x_slo_rps
+        assert doc["variants"][v]["shapes"]["mix"]["costed"] and not doc["variants"][v]["shapes"]["1"]["costed"]
+        assert [s["offered_rps"] for s in doc["variants"][v]["steps"]] == [
+            p.offered_rps for p in run.searches["mix"].probes]
         assert doc["variants"][v]["slo_p99_ms"] == 100.0
         assert doc["variants"][v]["hardware"] == "Test CPU 3000, 2 logical CPUs"
-    assert doc["variants"]["dense"]["x_slo_rps"] == pytest.approx(19.8)
-    assert doc["variants"]["pruned"]["x_slo_rps"] == pytest.approx(79.0)
+    assert doc["variants"]["dense"]["x_slo_rps"] == 20.0  # 40 req/s failed (p99 300 ms)
+    assert doc["variants"]["pruned"]["x_slo_rps"] == 80.0
+    assert doc["variants"]["pruned"]["shapes"]["1"]["x_slo_rps"] == 160.0
+    assert doc["cost_shape"] == "mix" and doc["cost_shape_description"] == MIX
 
     prices = {p.instance_type: p.price_usd_per_hour for p in load_prices(PRICES).instances}
     cells = {(c["variant"], c["instance"]): c for c in doc["cells"]}
     assert len(cells) == 2 * len(prices)
     c = cells[("pruned", "c7i.xlarge")]  # 2 CPUs measured -> 4 vCPUs: linear in cores, projected
-    x = 79.0 * 4 / 2
+    x = 80.0 * 4 / 2
     assert c["projected"] is True and "linear in cores" in c["projection_rule"]
     assert c["capacity_rps"] == pytest.approx(x)
     assert c["usd_per_million_at_u"] == pytest.approx(0.1785 * 1e6 / (3600 * 0.7 * x))
     assert c["usd_per_million_at_u1"] == pytest.approx(0.1785 * 1e6 / (3600 * 1.0 * x))
-    assert cells[("pruned", "c7i.2xlarge")]["capacity_rps"] == pytest.approx(79.0 * 8 / 2)
+    assert cells[("pruned", "c7i.2xlarge")]["capacity_rps"] == pytest.approx(80.0 * 8 / 2)
     for gpu in ("g4dn.xlarge", "g5.xlarge", "g6.xlarge"):  # never measured on a GPU: no invented figure
         d = cells[("dense", gpu)]
         assert d["status"] == "not_measured" and d["usd_per_million_at_u"] is None and d["capacity_rps"] is None
@@ -176,30 +242,34 @@ def test_report_numbers_equal_inputs_and_files_are_valid(tmp_path):
     for p in pngs:
         assert f"]({p.name})" in md
     assert "not measured" in md and "projected" in md and "Test CPU 3000" in md
-    assert "p99 <= 100 ms, errors < 0.10%, answered rate >= 95% of offered" in md
+    assert "p99 <= 100 ms timed from the scheduled send (open loop), errors < 0.10%, answered rate >= 95% of " \
+           "offered, and confirmed by a repeat" in md
+    assert f"request shape **mix** ({MIX})" in md  # the traffic behind the costed X_slo
+    assert f"| pruned | {MIX} | 80 **(costed)** |" in md
+    assert "| pruned | 1 text per request | 160 |" in md
     assert set(report.files) >= {"markdown", "html", "json"} and files["json"].is_file()
 
 
 def test_gpu_measurement_prices_its_own_gpu_only(tmp_path):
-    cpu = _result(tmp_path, "cpu.json", CPU_BOX, CPU_SPECS)
-    gpu = _result(tmp_path, "gpu.json", T4_BOX, {"dense": [(100, 100.0, 20), (200, 199.0, 60), (400, 300.0, 500)]})
-    report, data = build_report(loadtests=[cpu, gpu], prices=PRICES)
+    cpu = _capacity(tmp_path, "cpu.json", CPU_BOX, CPU_SPECS)
+    gpu = _capacity(tmp_path, "gpu.json", T4_BOX, {"dense": [(100, 100.0, 20), (200, 199.0, 60), (400, 300.0, 500)]})
+    report, data = build_report(capacity=cpu + gpu, prices=PRICES)
     g4 = _cell(report, "dense", "g4dn.xlarge")
-    assert g4.status == "measured" and not g4.projected and g4.capacity_rps == pytest.approx(199.0)
-    assert g4.usd_per_million_at_u == pytest.approx(0.526 * 1e6 / (3600 * 0.7 * 199.0))
+    assert g4.status == "measured" and not g4.projected and g4.capacity_rps == 200.0
+    assert g4.usd_per_million_at_u == pytest.approx(0.526 * 1e6 / (3600 * 0.7 * 200.0))
     assert _cell(report, "dense", "g5.xlarge").status == "not_measured"  # an A10G is not a T4
     assert report.variants["dense"].other_measurements[0].gpu_model == "Tesla T4"
     write_report(report, data, tmp_path / "r")
 
 
 def test_no_capacity_and_missing_variant_degrade_with_notes(tmp_path):
-    lt = _result(tmp_path, "lt.json", CPU_BOX, {"dense": [(10, 5.0, 500)], "pruned": [(10, 10.0, 10)]})
-    report, data = build_report(loadtests=[lt], prices=PRICES)
+    lt = _capacity(tmp_path, "lt.json", CPU_BOX, {"dense": [(10, 5.0, 500)], "pruned": [(10, 10.0, 10)]})
+    report, data = build_report(capacity=lt, prices=PRICES)
     assert report.variants["dense"].x_slo_rps is None
     assert _cell(report, "dense", "c7i.xlarge").status == "no_capacity"
     assert report.fleet is None and any("missing: dense" in n for n in report.notes)
     write_report(report, data, tmp_path / "r")
-    assert "no step met the SLO" in (tmp_path / "r" / "report.md").read_text()
+    assert "no rate met the SLO twice" in (tmp_path / "r" / "report.md").read_text()
 
 
 def test_live_shadow_agreement_from_prometheus_api(tmp_path):
@@ -214,8 +284,8 @@ def test_live_shadow_agreement_from_prometheus_api(tmp_path):
     live = query_shadow_agreement("http://prom:9090/", window="30m", fetch=fetch)
     assert live["pruned"].mean_cosine == 0.97 and live["pruned"].samples == 1234
     assert all(u.startswith("http://prom:9090/api/v1/query?query=") for u in seen) and "30m" in seen[0]
-    lt = _result(tmp_path, "lt.json", CPU_BOX, CPU_SPECS)
-    report, _ = build_report(loadtests=[lt], prices=PRICES, prometheus_url="http://prom:9090", fetch=fetch)
+    lt = _capacity(tmp_path, "lt.json", CPU_BOX, CPU_SPECS)
+    report, _ = build_report(capacity=lt, prices=PRICES, prometheus_url="http://prom:9090", fetch=fetch)
     assert report.variants["pruned"].live_shadow.mean_cosine == 0.97
     assert "no shadow samples" in report.variants["dense"].live_shadow.note
 
@@ -227,23 +297,23 @@ def test_live_shadow_agreement_from_prometheus_api(tmp_path):
 
 
 def test_bad_inputs_fail_in_words(tmp_path):
-    lt = _result(tmp_path, "lt.json", CPU_BOX, CPU_SPECS)
+    lt = _capacity(tmp_path, "lt.json", CPU_BOX, CPU_SPECS)
     with pytest.raises(ReportError, match="not found"):
-        build_report(loadtests=[tmp_path / "missing.json"], prices=PRICES)
+        build_report(capacity=[tmp_path / "missing.json"], prices=PRICES)
     with pytest.raises(ReportError, match="no price row 'x9.huge'"):
-        build_report(loadtests=[lt], prices=PRICES, config=ReportConfig(pruned_instance="x9.huge"))
+        build_report(capacity=lt, prices=PRICES, config=ReportConfig(pruned_instance="x9.huge"))
     with pytest.raises(ReportError, match="not_measured"):
-        build_report(loadtests=[lt], prices=PRICES, config=ReportConfig(dense_instance="g5.xlarge"))
+        build_report(capacity=lt, prices=PRICES, config=ReportConfig(dense_instance="g5.xlarge"))
 
 
 def test_cli_report_writes_and_says_where(tmp_path, capsys):
-    lt = _result(tmp_path, "lt.json", CPU_BOX, CPU_SPECS)
+    lt = _capacity(tmp_path, "lt.json", CPU_BOX, CPU_SPECS)
     out = tmp_path / "rep"
-    assert main(["report", "--loadtest", str(lt), "--out-dir", str(out), "-u", "0.5"]) == 0
+    assert main(["report", "--capacity", *map(str, lt), "--out-dir", str(out), "-u", "0.5"]) == 0
     printed = capsys.readouterr().out
     assert f"report written to {out}" in printed.splitlines()[-1]
     assert json.loads((out / "report.json").read_text())["utilisation"] == 0.5
-    assert main(["report", "--loadtest", str(tmp_path / "none.json"), "--out-dir", str(out)]) == 2
+    assert main(["report", "--capacity", str(tmp_path / "none.json"), "--out-dir", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("twinserve report: error:") and "Traceback" not in err and len(err.splitlines()) == 1
 
@@ -277,24 +347,24 @@ def test_dense_share_from_the_serving_config(tmp_path):
 
 
 def test_cli_report_takes_the_split_from_the_serving_config(tmp_path):
-    lt = _result(tmp_path, "lt.json", CPU_BOX, CPU_SPECS)
+    lt = _capacity(tmp_path, "lt.json", CPU_BOX, CPU_SPECS)
     cfg = yaml.safe_load((REPO / "deploy" / "serve_config.yaml").read_text())
     cfg["applications"][0]["deployments"][0]["user_config"]["weights"] = {"dense": 0.25, "pruned": 0.75}
     (tmp_path / "serve.yaml").write_text(yaml.safe_dump(cfg))
     out = tmp_path / "rep"
-    assert main(["report", "--loadtest", str(lt), "--out-dir", str(out), "--serve-config",
+    assert main(["report", "--capacity", *map(str, lt), "--out-dir", str(out), "--serve-config",
                  str(tmp_path / "serve.yaml")]) == 0
     doc = json.loads((out / "report.json").read_text())
     assert doc["fleet"]["dense_share"] == 0.25
     assert any("dense share 0.25 from" in n and "serve.yaml" in n for n in doc["notes"])
-    assert main(["report", "--loadtest", str(lt), "--out-dir", str(out), "--serve-config",
+    assert main(["report", "--capacity", *map(str, lt), "--out-dir", str(out), "--serve-config",
                  str(tmp_path / "serve.yaml"), "--dense-share", "0.6"]) == 0
     assert json.loads((out / "report.json").read_text())["fleet"]["dense_share"] == 0.6
 
 
 def test_break_even_per_gpu_instance_is_a_requirement_from_the_cpu_figure(tmp_path):
-    lt = _result(tmp_path, "lt.json", CPU_BOX, CPU_SPECS)
-    report, data = build_report(loadtests=[lt], prices=PRICES, config=ReportConfig(utilisation=0.7))
+    lt = _capacity(tmp_path, "lt.json", CPU_BOX, CPU_SPECS)
+    report, data = build_report(capacity=lt, prices=PRICES, config=ReportConfig(utilisation=0.7))
     catalog = load_prices(PRICES)
     gpus = [p for p in catalog.instances if p.gpu is not None]
     assert [b.gpu_instance for b in report.break_even] == [p.key for p in gpus]
@@ -321,15 +391,15 @@ def test_gpu_capacity_file_is_used_and_labelled_with_its_hardware(tmp_path):
     from service.cost.gpu import gpu_capacity_from_loadtest, load_gpu_capacity
     from service.cost.loadtest import load_loadtest
 
-    cpu = _result(tmp_path, "cpu.json", CPU_BOX, CPU_SPECS)
+    cpu = _capacity(tmp_path, "cpu.json", CPU_BOX, CPU_SPECS)
     box = T4_BOX.model_copy(update={"cpu_flags": ["avx2", "avx512f", "avx512_vnni"]})
-    sweep = _result(tmp_path, "gpu-sweep.json", box, {"dense": [(100, 100.0, 20), (200, 199.0, 60), (400, 300.0, 500)]})
+    sweep = _sweep(tmp_path, "gpu-sweep.json", box, {"dense": [(100, 100.0, 20), (200, 199.0, 60), (400, 300.0, 500)]})
     cap = gpu_capacity_from_loadtest(load_loadtest(sweep), sweep)
     path = tmp_path / "capacity.json"
     path.write_text(cap.model_dump_json(indent=2))
     assert load_gpu_capacity(path).x_slo_rps == pytest.approx(199.0)
 
-    report, data = build_report(loadtests=[cpu], prices=PRICES, gpu_capacity=[path])
+    report, data = build_report(capacity=cpu, prices=PRICES, gpu_capacity=[path])
     g4 = _cell(report, "dense", "g4dn.xlarge")
     assert g4.status == "measured" and g4.capacity_rps == pytest.approx(199.0) and g4.measured_on == box.description
     assert g4.measured_cpu_flags == ["avx2", "avx512f", "avx512_vnni"]
@@ -343,39 +413,40 @@ def test_gpu_capacity_file_is_used_and_labelled_with_its_hardware(tmp_path):
     write_report(report, data, tmp_path / "r")
     assert "g4dn.xlarge, NVIDIA T4" in (tmp_path / "r" / "report.md").read_text()
 
-    cpu_only = _result(tmp_path, "cpu-only.json", CPU_BOX, {"dense": [(10, 10.0, 10)]})
+    cpu_only = _sweep(tmp_path, "cpu-only.json", CPU_BOX, {"dense": [(10, 10.0, 10)]})
     from service.cost.gpu import GpuCapacityError
     with pytest.raises(GpuCapacityError, match="named no GPU"):
         gpu_capacity_from_loadtest(load_loadtest(cpu_only), cpu_only)
     (tmp_path / "junk.json").write_text("{}")
     with pytest.raises(ReportError, match="not a twinserve GPU capacity file"):
-        build_report(loadtests=[cpu], prices=PRICES, gpu_capacity=[tmp_path / "junk.json"])
+        build_report(capacity=cpu, prices=PRICES, gpu_capacity=[tmp_path / "junk.json"])
 
 
 def test_report_states_the_criteria_its_data_used(tmp_path):
     slo = SloCriteria(slo_p99_ms=250, max_error_ratio=0.01, min_achieved_ratio=0.9)
-    lt = _result(tmp_path, "lt.json", CPU_BOX, CPU_SPECS, slo=slo)
-    report, data = build_report(loadtests=[lt], prices=PRICES)
+    lt = _capacity(tmp_path, "lt.json", CPU_BOX, CPU_SPECS, slo=slo)
+    report, data = build_report(capacity=lt, prices=PRICES)
     assert report.criteria.model_dump() == {"slo_p99_ms": 250, "max_error_ratio": 0.01, "min_achieved_ratio": 0.9}
     write_report(report, data, tmp_path / "r")
     md = (tmp_path / "r" / "report.md").read_text()
-    assert "p99 <= 250 ms, errors < 1.00%, answered rate >= 90% of offered" in md
+    assert "p99 <= 250 ms timed from the scheduled send (open loop), errors < 1.00%, answered rate >= 90%" in md
     assert "0.10%" not in md.split("\n\n")[1]
-    other = _result(tmp_path, "other.json", CPU_BOX, CPU_SPECS, slo=SloCriteria(slo_p99_ms=250, max_error_ratio=0.001))
+    other = _capacity(tmp_path, "other.json", CPU_BOX, CPU_SPECS,
+                      slo=SloCriteria(slo_p99_ms=250, max_error_ratio=0.001))
     with pytest.raises(ReportError, match="different criteria"):
-        build_report(loadtests=[lt, other], prices=PRICES)
+        build_report(capacity=lt + other, prices=PRICES)
 
 
 def test_cli_report_reads_a_gpu_capacity_file(tmp_path, capsys):
     from service.cost.gpu import gpu_capacity_from_loadtest
     from service.cost.loadtest import load_loadtest
 
-    lt = _result(tmp_path, "lt.json", CPU_BOX, CPU_SPECS)
-    sweep = _result(tmp_path, "gpu.json", T4_BOX, {"dense": [(100, 100.0, 20)]})
+    lt = _capacity(tmp_path, "lt.json", CPU_BOX, CPU_SPECS)
+    sweep = _sweep(tmp_path, "gpu.json", T4_BOX, {"dense": [(100, 100.0, 20)]})
     cap = tmp_path / "capacity.json"
     cap.write_text(gpu_capacity_from_loadtest(load_loadtest(sweep), sweep).model_dump_json())
     out = tmp_path / "rep"
-    assert main(["report", "--loadtest", str(lt), "--gpu-capacity", str(cap), "--out-dir", str(out)]) == 0
+    assert main(["report", "--capacity", *map(str, lt), "--gpu-capacity", str(cap), "--out-dir", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "break-even g4dn.xlarge: measured 100 req/s" in printed
     assert "break-even g5.xlarge: required, not measured" in printed
@@ -395,8 +466,50 @@ def test_pruned_fidelity_is_the_served_cpu_variants(tmp_path):
                     runtime="openvino", precision="int8", cpu="Test CPU", cpu_flags=[], threads=2, meets_floor=True,
                     min_mean_cosine=0.97, min_recall_at_10=0.85, summary="chosen")
     (d / "manifest.json").write_text(m.model_copy(update={"frontier": [cand], "cpu_variant": cv}).model_dump_json())
-    lt = _result(tmp_path, "loadtest.json", CPU_BOX, CPU_SPECS)
-    report, _ = build_report(loadtests=[lt], prices=PRICES, manifest=d,
+    lt = _capacity(tmp_path, "loadtest.json", CPU_BOX, CPU_SPECS)
+    report, _ = build_report(capacity=lt, prices=PRICES, manifest=d,
                              config=ReportConfig(utilisation=0.7, dense_share=0.25))
     assert report.variants["pruned"].fidelity.mean_cosine == 0.983  # not pruned.onnx's 0.931
     assert report.variants["pruned"].fidelity.recall_at_10 == 0.868
+
+
+def test_costs_use_the_named_request_shape_and_refuse_a_missing_one(tmp_path):
+    lt = _capacity(tmp_path, "lt.json", CPU_BOX, CPU_SPECS)
+    report, data = build_report(capacity=lt, prices=PRICES, config=ReportConfig(cost_shape="1"))
+    assert report.cost_shape == "1" and report.cost_shape_description == "1 text per request"
+    assert report.variants["pruned"].x_slo_rps == 160.0  # the 1-text search, not the mix's 80
+    assert _cell(report, "pruned", "c7i.xlarge").capacity_rps == pytest.approx(160.0 * 4 / 2)
+    write_report(report, data, tmp_path / "r")
+    assert "request shape **1** (1 text per request)" in (tmp_path / "r" / "report.md").read_text()
+    with pytest.raises(ReportError, match=r"has no search at request shape '8' \(it has mix, 1\)"):
+        build_report(capacity=lt, prices=PRICES, config=ReportConfig(cost_shape="8"))
+
+
+def test_a_noisy_search_is_reported_with_both_runs(tmp_path):
+    from service.capacity_search import search_capacity
+
+    slo = SloCriteria()
+    outcome = {}  # rate -> p99 of each successive probe at that rate: 40 passes once, then fails its repeat
+
+    def probe(rate, phase):
+        seq = {10.0: [20.0], 20.0: [30.0], 40.0: [60.0, 140.0], 60.0: [200.0], 80.0: [400.0]}[rate]
+        k = outcome.setdefault(rate, 0)
+        outcome[rate] = k + 1
+        (p,) = _search([(rate, rate, seq[min(k, len(seq) - 1)])], slo).probes[:1]
+        return p.model_copy(update={"phase": phase})
+
+    noisy = search_capacity(probe, SearchPlan(start_rps=10.0, resolution=0.99, max_total_s=1000), slo)
+    assert noisy.x_slo_rps == 20.0 and noisy.noisy_rps == [40.0]
+    lt = _capacity(tmp_path, "lt.json", CPU_BOX, CPU_SPECS)
+    run = CapacityRun.model_validate_json(lt[1].read_text())
+    run.searches["mix"] = noisy
+    lt[1].write_text(run.model_dump_json())
+    report, data = build_report(capacity=lt, prices=PRICES)
+    pruned = report.variants["pruned"]
+    assert pruned.x_slo_rps == 20.0 and pruned.shapes["mix"].noisy_rps == [40.0]
+    at40 = [s for s in pruned.steps if s.offered_rps == 40.0]
+    assert [(s.phase, s.passed, s.p99_ms) for s in at40] == [("ramp", True, 60.0), ("confirm", False, 140.0)]
+    write_report(report, data, tmp_path / "r")
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "noisy at 40 req/s" in md and "40 req/s passed once and failed its repeat: noisy" in md
+    assert "| confirm | 40 | 40.0 | 5.0 | 140.0 |" in md and "| ramp | 40 | 40.0 | 5.0 | 60.0 |" in md
