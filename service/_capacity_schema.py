@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt
@@ -20,8 +19,10 @@ __all__ = [
     "cpu_flags",
 ]
 
-# The CPU features that decide INT8 GEMM speed; recorded with every capacity (projections across
-# CPUs that differ in them are not like for like).
+# The x86 CPU features that decide INT8 GEMM speed; recorded with every capacity (projections across
+# CPUs that differ in them are not like for like). The record is read by the cost module's reader,
+# which also knows arm64's (the price catalog's list); importing that list here would import the
+# whole cost package into the load generator's.
 CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
 
 Phase = Literal["ramp", "bisect", "confirm"]
@@ -155,12 +156,8 @@ class CapacityRun(BaseModel):
 
 
 def cpu_flags() -> list[str]:
-    """Which of :data:`CPU_FEATURES` this machine's CPU has (Linux; empty elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                return [f for f in CPU_FEATURES if f in have]
-    except OSError:
-        pass
-    return []
+    """Which of :data:`CPU_FEATURES` this machine's CPU has (Linux; empty elsewhere): the cost
+    module's reader, so capacity files and the report's projections name features alike."""
+    from service.cost._hardware import cpu_flags as read
+
+    return read() or []

@@ -43,7 +43,7 @@ from pydantic import (
     model_validator,
 )
 
-from service.capacity_search import SloCriteria  # one definition, shared with the capacity search
+from service.capacity_search import SloCriteria, probe_verdict  # one definition each, shared with the search
 from service.loadgen import percentile  # nearest rank (numpy inverted_cdf), one definition
 
 __all__ = [
@@ -227,18 +227,10 @@ class RawRun(_Strict):
 def step_verdict(
     *, offered_rps: float, achieved_rps: float, p99_ms: float | None, error_ratio: float, slo: SloCriteria
 ) -> list[str]:
-    """Why a step does not count towards X_slo; an empty list means it passes."""
-    reasons = []
-    if p99_ms is None:
-        reasons.append("no request completed")
-    elif p99_ms > slo.slo_p99_ms:
-        reasons.append(f"p99 {p99_ms:.1f} ms > SLO {slo.slo_p99_ms:g} ms")
-    if error_ratio >= slo.max_error_ratio:
-        reasons.append(f"errors {error_ratio:.2%} >= {slo.max_error_ratio:.2%}")
-    if achieved_rps < slo.min_achieved_ratio * offered_rps:
-        reasons.append(
-            f"saturated: achieved {achieved_rps:.1f} req/s < {slo.min_achieved_ratio:.0%} of offered {offered_rps:g}")
-    return reasons
+    """Why a step does not count towards X_slo; an empty list means it passes (the capacity search's
+    own verdict: one definition of passing for both)."""
+    return probe_verdict(offered_rps=offered_rps, answered_rps=achieved_rps, p99_ms=p99_ms,
+                         error_ratio=error_ratio, criteria=slo)
 
 
 def select_x_slo(steps: Sequence[StepResult]) -> tuple[float | None, int | None]:

@@ -38,8 +38,8 @@ def test_step_verdict_boundaries():
     assert "p99" in step_verdict(**ok | {"p99_ms": 100.1})[0]
     assert "errors" in step_verdict(**ok | {"error_ratio": 0.001})[0]  # errors must be *under* 0.1%
     assert step_verdict(**ok | {"error_ratio": 0.00099}) == []
-    assert "saturated" in step_verdict(**ok | {"achieved_rps": 94.9})[0]
-    assert step_verdict(**ok | {"p99_ms": None}) == ["no request completed"]
+    assert step_verdict(**ok | {"achieved_rps": 94.9}) == ["answered 94.9 req/s < 95% of 100.0 offered"]
+    assert step_verdict(**ok | {"p99_ms": None}) == ["nothing was answered"]
     strict = SloCriteria(slo_p99_ms=50)
     assert step_verdict(**ok | {"p99_ms": 60.0, "slo": strict})
 
