@@ -148,6 +148,7 @@ class Router:
         if routing is not None and version > self._routing_version:
             self.routing, self._routing_version, self._routing_source = (
                 RoutingConfig.model_validate(routing), version, source)
+            self.shadow.reset()  # the agreement figures describe the routing now in force
             log.info("twinserve router: routing set to %s (%s, version %d)", self.routing.model_dump(), source,
                      version)
 

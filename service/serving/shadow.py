@@ -1,7 +1,9 @@
 """Shadow copies: a fraction of answered requests also goes to the other variant, in the background.
 
 The cosine between the two variants' embeddings of the same texts (both L2-normalised) and the
-shadow's latency are recorded per shadow variant. At most ``max_in_flight`` shadows run at once
+shadow's latency are recorded per shadow variant as metrics; the replica's own figures (the admin
+view) count since the routing last changed, so an experiment (set a shadow fraction, read the
+agreement) reads its own samples only. At most ``max_in_flight`` shadows run at once
 per ingress replica; more are skipped, never queued, so shadowing cannot build a backlog. A shadow
 call times out and is cancelled like any call (the caller's ``call`` does that).
 """
@@ -26,6 +28,11 @@ class Shadow:
     def __init__(self, max_in_flight: int, metrics=None):
         self.max_in_flight, self._metrics = max_in_flight, metrics
         self.tasks: set[asyncio.Task] = set()
+        self.reset()
+
+    def reset(self) -> None:
+        """Start the agreement figures afresh (the router does on each routing change); shadows in
+        flight still finish and count. The Prometheus series are never reset."""
         self.completed = self.failed = self.skipped = 0
         self.cosine_sum, self.latency_s_sum = 0.0, 0.0
         self.cosine_min: float | None = None

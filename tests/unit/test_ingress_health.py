@@ -152,3 +152,28 @@ def test_the_dense_probe_asks_replica_actors_out_of_band(actors, up):
 
     dense = DenseVariant(handle=None, timeout_s=1.0, probe_timeout_s=0.2, list_replicas=lambda: actors)
     assert asyncio.run(dense.probe()) is up
+
+
+def test_shadow_agreement_counts_its_samples_and_starts_afresh_on_reset():
+    from service.serving.shadow import Shadow
+
+    primary = np.array([[1.0, 0.0]], dtype=np.float32)
+
+    async def scenario():
+        shadow = Shadow(max_in_flight=4)
+
+        async def answer(vec):
+            return np.array([vec], dtype=np.float32)
+
+        for vec in ([0.6, 0.8], [0.0, 1.0]):
+            assert shadow.send("dense", lambda v=vec: answer(v), primary)
+        await asyncio.gather(*shadow.tasks)
+        before = shadow.view()
+        shadow.reset()
+        assert shadow.send("dense", lambda: answer([0.8, 0.6]), primary)
+        await asyncio.gather(*shadow.tasks)
+        return before, shadow.view()
+
+    before, after = asyncio.run(scenario())
+    assert (before["completed"], before["mean_cosine"], before["min_cosine"]) == (2, pytest.approx(0.3), 0.0)
+    assert (after["completed"], after["mean_cosine"], after["min_cosine"]) == (1, pytest.approx(0.8), pytest.approx(0.8))
