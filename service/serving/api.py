@@ -2,7 +2,8 @@
 
 The routes themselves are methods of :class:`service.serving.router.Router` (Ray Serve's
 ``@serve.ingress``); this module holds what they share: the app and its OpenAPI document, the JSON
-error bodies, and the handler that turns a bug into a JSON 500 instead of a stack trace.
+error bodies, which exception answers which status (:func:`failure_for`), and the handler that
+turns a bug into a JSON 500 instead of a stack trace.
 """
 
 # No `from __future__ import annotations` here: FastAPI must see real types.
@@ -15,9 +16,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.serving.schemas import EmbeddingRequest, InferRequest, RoutingUpdate
+from service.serving.auth import AuthError
+from service.serving.policy import Route, RoutingError, VariantFailed, VariantUnavailable
+from service.serving.schemas import EmbeddingRequest, InferRequest, InputError, RoutingUpdate
 
-__all__ = ["Failure", "api", "body_doc", "openai_error", "v2_error"]
+__all__ = ["Failure", "api", "body_doc", "failure_for", "openai_error", "route_headers", "v2_error",
+           "v2_model_metadata"]
 
 log = logging.getLogger("ray.serve")
 
@@ -109,3 +113,46 @@ def openai_error(f: Failure) -> JSONResponse:
 
 def v2_error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def route_headers(route: Route | None) -> dict[str, str]:
+    """``X-Variant`` / ``X-Route-Reason`` of an answer; ``none`` when no variant was chosen."""
+    return {"X-Variant": route.variant if route else "none", "X-Route-Reason": route.reason if route else "none"}
+
+
+def failure_for(e: Exception, route: Route | None, *, retry_after_s: int, timeout_s: float) -> Failure:
+    """What a failed inference request answers, whichever API it came through (a bug is logged)."""
+    retry = {**route_headers(route), "Retry-After": str(retry_after_s)}
+    if isinstance(e, AuthError):
+        headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else {"Retry-After": str(e.retry_after_s)}
+        return Failure("unauthorised" if e.status == 401 else "rate_limited", e.status, str(e), headers,
+                       code="invalid_api_key" if e.status == 401 else "rate_limit_exceeded")
+    if isinstance(e, InputError):
+        return Failure("bad_request", e.status, str(e), route_headers(route), param=e.param)
+    if isinstance(e, RoutingError):  # raised while choosing, so there is no route yet
+        unknown = str(e).startswith("unknown model")
+        return Failure("bad_request", 404 if unknown else 400, str(e), route_headers(None),
+                       param="model" if unknown else None, code="model_not_found" if unknown else None)
+    if isinstance(e, VariantFailed):
+        return Failure("error", 500, f"{e}; the server log has the details", route_headers(route))
+    if isinstance(e, VariantUnavailable):
+        return Failure("shed" if e.shed else "unavailable", 429 if e.shed else 503,
+                       f"{e}; retry after {retry_after_s} s", retry)
+    if isinstance(e, TimeoutError):
+        return Failure("timeout", 503, f"no answer within {timeout_s} s; retry later", retry)
+    # a bug: still JSON, still counted
+    log.error("twinserve: unexpected %s answering an inference request", type(e).__name__, exc_info=e)
+    return Failure("error", 500, "internal error; the server log has the details", route_headers(route))
+
+
+def v2_model_metadata(name: str, variant: str | None, meta: dict, input_name: str, output_name: str) -> dict:
+    """``GET /v2/models/{name}``: from the variant's own metadata (``variant`` None: the routed model)."""
+    params: dict = {"routed": variant is None}
+    if variant:
+        params.update({k: meta[k] for k in ("device", "precision", "parameters", "layers")})
+    return {
+        "name": name, "versions": ["1"], "platform": meta["platform"] if variant else "twinserve-router",
+        "inputs": [{"name": input_name, "datatype": "BYTES", "shape": [-1]}],
+        "outputs": [{"name": output_name, "datatype": "FP32", "shape": [-1, meta["dim"]]}],
+        "parameters": params,
+    }

@@ -21,9 +21,11 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
-from service.serving.config import VARIANTS, Weights
+from service.serving.config import VARIANTS, RoutingConfig, Weights
+from service.serving.schemas import InputError, RoutingUpdate
 
 __all__ = [
+    "updated_routing",
     "BUCKETS",
     "MODEL_NAMES",
     "Route",
@@ -148,3 +150,21 @@ async def dispatch(route: Route, call: Callable[[Variant], Awaitable[T]],
         if alt is None:
             raise
         return await call(alt.variant), alt
+
+
+def updated_routing(current: RoutingConfig, update: RoutingUpdate) -> RoutingConfig:
+    """The routing after an admin ``PUT``: the fields ``update`` gives replace ``current``'s; one weight
+    given implies the other. Raises ``InputError`` (unknown variant) or pydantic's ``ValidationError``."""
+    new = current.model_dump()
+    if update.weights is not None:
+        w = dict(update.weights)
+        unknown = set(w) - set(VARIANTS)
+        if unknown:
+            raise InputError(f"unknown variant(s) in weights: {', '.join(sorted(unknown))}; use {', '.join(VARIANTS)}")
+        if len(w) == 1:  # one weight given: the other is the rest
+            (k, v), = w.items()
+            w[other(k)] = round(1.0 - v, 12)
+        new["weights"] = w
+    if update.shadow_fraction is not None:
+        new["shadow_fraction"] = update.shadow_fraction
+    return RoutingConfig.model_validate(new)

@@ -19,6 +19,13 @@ shadow fraction come from the application's one routing state
 
 One ingress replica is one CPU-variant replica: ``router.num_replicas`` and ``router.num_cpus``
 are the CPU variant's capacity and threads.
+
+Why this file is over 350 lines: Ray Serve ships the ingress class by value and injects ``self``
+only into routes declared on it; routes moved to mixins in another module answered 422 ("missing
+query parameter self") in the replica (tried). So every route stays here, thin; what they share
+lives beside it: error mapping and metadata in :mod:`~service.serving.api`, parsing in
+:mod:`~service.serving.schemas`, routing rules and admin updates in :mod:`~service.serving.policy`,
+health, shadow and the variants in their own modules.
 """
 
 # No `from __future__ import annotations` here: FastAPI must see real types on the route methods.
@@ -28,7 +35,6 @@ import hmac
 import logging
 import random
 import time
-from typing import Any
 
 import numpy as np
 from fastapi import Request
@@ -38,7 +44,16 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from service.model.backends import OnnxBackend, cpu_variant_backend
-from service.serving.api import Failure, api, body_doc, openai_error, v2_error
+from service.serving.api import (
+    Failure,
+    api,
+    body_doc,
+    failure_for,
+    openai_error,
+    route_headers,
+    v2_error,
+    v2_model_metadata,
+)
 from service.serving.auth import ApiKeys, AuthError
 from service.serving.config import VARIANTS, RoutingConfig, ServingConfig
 from service.serving.health import VariantHealth
@@ -46,12 +61,11 @@ from service.serving.metrics import keep_price_gauge, serving_metrics
 from service.serving.policy import (
     MODEL_NAMES,
     Route,
-    RoutingError,
-    VariantFailed,
     VariantUnavailable,
     choose,
     dispatch,
     other,
+    updated_routing,
 )
 from service.serving.routing_state import routing_state
 from service.serving.schemas import (
@@ -59,10 +73,10 @@ from service.serving.schemas import (
     InferRequest,
     InputError,
     RoutingUpdate,
-    decode_v2_texts,
     describe_validation_error,
     embedding_response,
     infer_response,
+    parse_infer,
 )
 from service.serving.shadow import Shadow
 from service.serving.variants import CpuVariant, DenseVariant
@@ -272,38 +286,10 @@ class Router:
         if status == "ok":
             self._metrics.e2e_latency.observe(time.perf_counter() - t0, tags={"variant": variant, "reason": reason})
 
-    @staticmethod
-    def _route_headers(route: Route | None) -> dict[str, str]:
-        return {"X-Variant": route.variant if route else "none", "X-Route-Reason": route.reason if route else "none"}
-
-    def _unavailable_headers(self, route: Route | None) -> dict[str, str]:
-        return {**self._route_headers(route), "Retry-After": str(self.cfg.router.retry_after_s)}
-
     def _failure(self, e: Exception, t0: float, route: Route | None, key: str | None = None) -> Failure:
         """What a failed inference request answers, whichever API it came through; counted in the metrics."""
-        retry_s, timeout_s = self.cfg.router.retry_after_s, self.cfg.router.variant_timeout_s
-        if isinstance(e, AuthError):
-            headers = ({"WWW-Authenticate": "Bearer"} if e.status == 401 else
-                       {"Retry-After": str(e.retry_after_s)})
-            f = Failure("unauthorised" if e.status == 401 else "rate_limited", e.status, str(e), headers,
-                        code="invalid_api_key" if e.status == 401 else "rate_limit_exceeded")
-        elif isinstance(e, InputError):
-            f = Failure("bad_request", e.status, str(e), self._route_headers(route), param=e.param)
-        elif isinstance(e, RoutingError):  # raised while choosing, so there is no route yet
-            unknown = str(e).startswith("unknown model")
-            f = Failure("bad_request", 404 if unknown else 400, str(e), self._route_headers(None),
-                        param="model" if unknown else None, code="model_not_found" if unknown else None)
-        elif isinstance(e, VariantFailed):
-            f = Failure("error", 500, f"{e}; the server log has the details", self._route_headers(route))
-        elif isinstance(e, VariantUnavailable):
-            f = Failure("shed" if e.shed else "unavailable", 429 if e.shed else 503,
-                        f"{e}; retry after {retry_s} s", self._unavailable_headers(route))
-        elif isinstance(e, TimeoutError):
-            f = Failure("timeout", 503, f"no answer within {timeout_s} s; retry later",
-                        self._unavailable_headers(route))
-        else:  # a bug: still JSON, still counted
-            log.error("twinserve: unexpected %s answering an inference request", type(e).__name__, exc_info=e)
-            f = Failure("error", 500, "internal error; the server log has the details", self._route_headers(route))
+        f = failure_for(e, route, retry_after_s=self.cfg.router.retry_after_s,
+                        timeout_s=self.cfg.router.variant_timeout_s)
         self._record(t0, route, f.metric_status, key)
         return f
 
@@ -339,7 +325,7 @@ class Router:
         except Exception as e:  # noqa: BLE001 - every failure is answered in JSON and counted
             return openai_error(self._failure(e, t0, route, key))
         self._record(t0, route, "ok", key)
-        return Response(content, media_type="application/json", headers=self._route_headers(route))
+        return Response(content, media_type="application/json", headers=route_headers(route))
 
     @staticmethod
     def _openai_model(name: str) -> dict:
@@ -405,15 +391,7 @@ class Router:
         if meta is None:
             return v2_error(503, f"model {name!r} is not ready yet; retry shortly",
                             headers={"Retry-After": str(self.cfg.router.retry_after_s)})
-        params: dict[str, Any] = {"routed": variant is None}
-        if variant:
-            params.update({k: meta[k] for k in ("device", "precision", "parameters", "layers")})
-        return JSONResponse({
-            "name": name, "versions": ["1"], "platform": meta["platform"] if variant else "twinserve-router",
-            "inputs": [{"name": _INPUT_NAME, "datatype": "BYTES", "shape": [-1]}],
-            "outputs": [{"name": _OUTPUT_NAME, "datatype": "FP32", "shape": [-1, meta["dim"]]}],
-            "parameters": params,
-        })
+        return JSONResponse(v2_model_metadata(name, variant, meta, _INPUT_NAME, _OUTPUT_NAME))
 
     @api.get("/v2/models/{name}/ready", summary="v2 model readiness")
     async def model_ready(self, name: str) -> Response:
@@ -432,23 +410,8 @@ class Router:
         try:
             key = self._authenticate(request)
             body = await self._read_body(request)
-            header_len = request.headers.get("inference-header-content-length")
-            binary = None
-            if header_len is not None:
-                if not header_len.isdigit() or int(header_len) > len(body):
-                    raise InputError(f"Inference-Header-Content-Length {header_len!r} does not fit a body of "
-                                     f"{len(body)} bytes")
-                body, binary = body[: int(header_len)], body[int(header_len):]
-            try:
-                req = InferRequest.model_validate_json(body)
-            except ValidationError as e:
-                raise InputError(describe_validation_error(e)) from None
-            texts = decode_v2_texts(req, binary)
-            want_binary = bool((req.parameters or {}).get("binary_data_output", False))
-            for out in req.outputs or []:
-                if out.name != _OUTPUT_NAME:
-                    raise InputError(f"unknown output {out.name!r}; this model has one output, {_OUTPUT_NAME!r}")
-                want_binary = bool((out.parameters or {}).get("binary_data", want_binary))
+            req, texts, want_binary = parse_infer(body, request.headers.get("inference-header-content-length"),
+                                                  output_name=_OUTPUT_NAME)
             ids, _ = await self._token_ids(texts)
             user = (req.parameters or {}).get("user")
             route = self._route(name, request, user if isinstance(user, str) else None)
@@ -458,7 +421,7 @@ class Router:
             f = self._failure(e, t0, route, key)
             return v2_error(f.status, f.message, headers=f.headers)
         self._record(t0, route, "ok", key)
-        headers = self._route_headers(route)
+        headers = route_headers(route)
         if json_len is not None:
             headers["Inference-Header-Content-Length"] = str(json_len)
             return Response(content, media_type="application/octet-stream", headers=headers)
@@ -499,20 +462,7 @@ class Router:
             return denied
         try:
             update = RoutingUpdate.model_validate_json(await self._read_body(request))
-            new = self.routing.model_dump()
-            if update.weights is not None:
-                w = dict(update.weights)
-                unknown = set(w) - set(VARIANTS)
-                if unknown:
-                    raise InputError(f"unknown variant(s) in weights: {', '.join(sorted(unknown))}; "
-                                     f"use {', '.join(VARIANTS)}")
-                if len(w) == 1:  # one weight given: the other is the rest
-                    (k, v), = w.items()
-                    w[other(k)] = round(1.0 - v, 12)
-                new["weights"] = w
-            if update.shadow_fraction is not None:
-                new["shadow_fraction"] = update.shadow_fraction
-            routing = RoutingConfig.model_validate(new)
+            routing = updated_routing(self.routing, update)
         except ValidationError as e:
             return v2_error(400, describe_validation_error(e))
         except InputError as e:

@@ -23,6 +23,7 @@ __all__ = [
     "describe_validation_error",
     "embedding_response",
     "infer_response",
+    "parse_infer",
 ]
 
 
@@ -179,3 +180,26 @@ def infer_response(emb: np.ndarray, model: str, request_id: str | None, output_n
     if raw is None:
         return head, None
     return head + raw, len(head)
+
+
+def parse_infer(body: bytes, header_len: str | None, *, output_name: str) -> tuple[InferRequest, list[str], bool]:
+    """A v2 infer request: the JSON part (all of ``body``, or its first ``Inference-Header-Content-Length``
+    bytes when the binary extension carries the tensors after it), its texts, and whether the caller
+    asked for the output in binary. Raises :class:`InputError` for what a client must fix."""
+    binary = None
+    if header_len is not None:
+        if not header_len.isdigit() or int(header_len) > len(body):
+            raise InputError(f"Inference-Header-Content-Length {header_len!r} does not fit a body of "
+                             f"{len(body)} bytes")
+        body, binary = body[: int(header_len)], body[int(header_len):]
+    try:
+        req = InferRequest.model_validate_json(body)
+    except ValidationError as e:
+        raise InputError(describe_validation_error(e)) from None
+    texts = decode_v2_texts(req, binary)
+    want_binary = bool((req.parameters or {}).get("binary_data_output", False))
+    for out in req.outputs or []:
+        if out.name != output_name:
+            raise InputError(f"unknown output {out.name!r}; this model has one output, {output_name!r}")
+        want_binary = bool((out.parameters or {}).get("binary_data", want_binary))
+    return req, texts, want_binary

@@ -16,6 +16,7 @@ from service.serving.policy import (
     BUCKETS,
     Route,
     RoutingError,
+    VariantFailed,
     VariantUnavailable,
     choose,
     dispatch,
@@ -186,3 +187,36 @@ def test_a_variant_known_to_be_down_is_skipped_unless_pinned_or_both_are_down():
     call, calls = _caller(set())
     asyncio.run(dispatch(Route("dense", "weight"), call, down={"dense", "pruned"}))
     assert calls == ["dense"]  # nowhere better to go
+
+
+def test_an_admin_update_replaces_only_the_fields_it_gives_and_one_weight_implies_the_other():
+    from pydantic import ValidationError
+
+    from service.serving.config import RoutingConfig
+    from service.serving.policy import updated_routing
+    from service.serving.schemas import InputError, RoutingUpdate
+
+    now = RoutingConfig.model_validate({"weights": {"dense": 0.3, "pruned": 0.7}, "shadow_fraction": 0.1})
+    new = updated_routing(now, RoutingUpdate.model_validate({"weights": {"dense": 0.2}}))
+    assert new.weights.model_dump() == {"dense": 0.2, "pruned": 0.8} and new.shadow_fraction == 0.1
+    new = updated_routing(now, RoutingUpdate.model_validate({"shadow_fraction": 0.5}))
+    assert new.weights == now.weights and new.shadow_fraction == 0.5
+    with pytest.raises(InputError, match="unknown variant"):
+        updated_routing(now, RoutingUpdate.model_validate({"weights": {"tiny": 1.0}}))
+    with pytest.raises(ValidationError, match="sum to 1.0"):
+        updated_routing(now, RoutingUpdate.model_validate({"weights": {"dense": 0.4, "pruned": 0.4}}))
+
+
+@pytest.mark.parametrize("error, status, metric", [
+    (VariantUnavailable("pruned", "is shedding load", shed=True), 429, "shed"),
+    (VariantUnavailable("pruned", "is down", shed=False), 503, "unavailable"),
+    (VariantFailed("pruned", ValueError("runtime")), 500, "error"), (TimeoutError(), 503, "timeout"),
+    (RuntimeError("a bug"), 500, "error"),
+])
+def test_each_failure_answers_its_status_with_route_headers_and_retry_after_when_retrying_helps(error, status, metric):
+    from service.serving.api import failure_for
+
+    f = failure_for(error, Route("pruned", "weight"), retry_after_s=2, timeout_s=5.0)
+    assert (f.status, f.metric_status) == (status, metric)
+    assert (f.headers["X-Variant"], f.headers["X-Route-Reason"]) == ("pruned", "weight")
+    assert ("Retry-After" in f.headers) == (status == 503 or status == 429)
