@@ -31,12 +31,11 @@ from service.cost.loadtest import LoadTestResult
 from service.cost.model import usd_per_million
 from service.cost.prices import InstancePrice
 
-__all__ = ["CPU_VARIANTS", "GPU_VARIANTS", "CapacityCell", "CapacityFileError", "Measurement", "capacity_cells",
+__all__ = ["GPU_VARIANTS", "CapacityCell", "CapacityFileError", "Measurement", "capacity_cells",
            "capacity_measurement", "load_capacity_run", "measurements", "normalise_arch", "search_method"]
 
 # The design: dense is served on a GPU (CPU fallback when none); pruned INT8 on CPUs.
 GPU_VARIANTS = frozenset({"dense"})
-CPU_VARIANTS = frozenset({"pruned"})
 
 Status = Literal["measured", "projected", "not_measured", "not_applicable", "no_capacity", "not_comparable"]
 

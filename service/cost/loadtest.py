@@ -67,7 +67,6 @@ __all__ = [
 
 # Locust runs in one process, one core at most; Locust itself warns above 90% CPU.
 GENERATOR_CPU_BOUND_CORES = 0.9
-RAW_FORMAT = "twinserve-locust-steps/1"
 Variant = Literal["dense", "pruned", "routed"]
 
 

@@ -13,7 +13,6 @@ session and is always stopped by ``stop()`` / the context manager.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import signal
@@ -173,8 +172,3 @@ class PrometheusServer:
     def query(self, promql: str, by: str = "variant", at: float | None = None) -> dict[str, float]:
         """An instant query as ``{label value of `by`: value}`` (``""`` when the series lacks the label)."""
         return {item["metric"].get(by, ""): float(item["value"][1]) for item in self.query_raw(promql, at)}
-
-    def query_value(self, promql: str, at: float | None = None) -> float:
-        """One number: the sum of the result vector, 0.0 when it is empty; NaN stays NaN."""
-        values = [float(item["value"][1]) for item in self.query_raw(promql, at)]
-        return math.fsum(values) if values else 0.0

@@ -114,7 +114,7 @@ def _batches(texts: list[str], tok: TextTokenizer, batch_size: int, seed: int) -
             groups = [chunk[i : i + batch_size] for i in range(0, len(chunk) - batch_size + 1, batch_size)]
             rng.shuffle(groups)
             for group in groups:
-                b = tok(group, truncate=True)
+                b = tok(group)
                 yield {"input_ids": torch.from_numpy(b.input_ids), "attention_mask": torch.from_numpy(b.attention_mask)}
 
 
@@ -129,7 +129,7 @@ def _embed(run: Callable[[np.ndarray, np.ndarray], np.ndarray], texts: list[str]
 def _calibration_batches(texts: list[str], tok: TextTokenizer, n: int, seed: int) -> list[tuple]:
     """``n`` training texts in batches of 8 (``input_ids``, ``attention_mask``), for NNCF."""
     sample = random.Random(seed).sample(texts, min(n, len(texts)))
-    return [(b.input_ids, b.attention_mask) for b in (tok(sample[i : i + 8], truncate=True)
+    return [(b.input_ids, b.attention_mask) for b in (tok(sample[i : i + 8])
                                                       for i in range(0, len(sample), 8))]
 
 
