@@ -56,12 +56,12 @@ def _cmd_capacity(args: argparse.Namespace) -> None:
     import platform
     from datetime import UTC, datetime
 
-    from service.bench import hardware_description
-    from service.capacity_search import CapacityRun, cpu_flags
+    from service._platform import cpu_flags, hardware_description
+    from service.capacity_search import CapacityRun
 
     run = CapacityRun(created_at=datetime.now(UTC), url=url, headers=headers, variant=args.variant,
                       hardware=hardware_description(), cpu_count=os.cpu_count() or 1, cpu_arch=platform.machine(),
-                      cpu_flags=cpu_flags(),
+                      cpu_flags=cpu_flags() or [],
                       shapes={k: SHAPES[k].description for k in results}, searches=results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(run.model_dump_json(indent=2) + "\n")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -26,7 +25,11 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["BenchCell", "BenchResult", "hardware_description", "interleaved_latency", "run_bench"]
+# Re-exported for service/serving/_overhead.py only (not ours to edit in the structure change);
+# everything else imports it from service._platform. Drop it once serving does too.
+from service._platform import hardware_description  # noqa: F401
+
+__all__ = ["BenchCell", "BenchResult", "interleaved_latency", "run_bench"]
 
 Embed = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -54,18 +57,6 @@ class BenchResult(BaseModel):
     threads: int
     device: str
     cells: list[BenchCell]
-
-
-def hardware_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs visible"
 
 
 def _inputs(batch: int, seq_len: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -50,7 +50,6 @@ from service.capacity_search import (
     SearchPlan,
     SearchResult,
     SloCriteria,
-    cpu_flags,
     find_capacity,
     plot_searches,
 )
@@ -189,7 +188,7 @@ def run_peers(*, artifacts: Path, out_dir: Path, twinserve_url: str | None = Non
     shape; write ``peers.json`` and ``peers.png`` to ``out_dir`` (rewritten after every search,
     so an interrupted run keeps what it measured). ``infinity_nice`` starts infinity at that
     niceness: 15 matches the Serve replicas Ray starts, when other work shares the machine."""
-    from service.bench import hardware_description
+    from service._platform import cpu_flags, free_port, hardware_description
     from service.demo import SERVER_START_TIMEOUT_S, LocalServer
     from service.model.onnx_runtime import DISABLED_OPTIMIZERS
 
@@ -213,7 +212,7 @@ def run_peers(*, artifacts: Path, out_dir: Path, twinserve_url: str | None = Non
                      "while infinity was measured")
     result = PeerBenchResult(
         created_at=datetime.now(UTC), command=command, hardware=hardware_description(),
-        cpu_count=os.cpu_count() or 1, cpu_flags=cpu_flags(), artifacts=str(artifacts.resolve()),
+        cpu_count=os.cpu_count() or 1, cpu_flags=cpu_flags() or [], artifacts=str(artifacts.resolve()),
         graph_sha256=sha256_file(artifacts / "pruned.onnx"), criteria=criteria, plan=plan,
         shapes={s: SHAPES[s].description for s in shapes}, servers=[], embedding_agreement=None, notes=notes)
     reference = {}
@@ -249,8 +248,6 @@ def run_peers(*, artifacts: Path, out_dir: Path, twinserve_url: str | None = Non
         if name == "infinity":
             # absolute: infinity joins the model id with the ONNX file's path it found under it
             model_dir = prepare_infinity_model(artifacts, (out_dir / "infinity-model").resolve())
-            from service._net import free_port
-
             port = free_port()
             say(f"infinity-emb: serving {model_dir} on 127.0.0.1:{port}, {threads} ONNX Runtime threads "
                 f"(log {out_dir / 'infinity.log'})")
@@ -268,8 +265,6 @@ def run_peers(*, artifacts: Path, out_dir: Path, twinserve_url: str | None = Non
                 base = twinserve_url.rstrip("/")
             else:
                 import secrets
-
-                from service._net import free_port
 
                 # The same graph as infinity's: pruned.onnx on ONNX Runtime, whatever the manifest serves.
                 server = LocalServer(artifacts, free_port(), free_port(), out_dir / "twinserve.log",

@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -43,6 +44,7 @@ from pydantic import (
     model_validator,
 )
 
+from service._platform import ChildProcess
 from service.capacity_search import SloCriteria, probe_verdict  # one definition each, shared with the search
 from service.loadgen import percentile  # nearest rank (numpy inverted_cdf), one definition
 
@@ -333,8 +335,8 @@ def _is_loopback(url: str) -> bool:
 def local_server_hardware(url: str, *, description: str | None = None, cpu_count: int | None = None,
                           gpu_model: str | None = None, instance_type: str | None = None) -> ServerHardware:
     """The server's hardware: this machine when the target is loopback, else what the caller names."""
-    from service.bench import hardware_description
-    from service.cost._hardware import cpu_flags as _cpu_flags
+    from service._platform import cpu_flags as _cpu_flags
+    from service._platform import hardware_description
 
     local = _is_loopback(url)
     if not local and (description is None or cpu_count is None):
@@ -383,27 +385,20 @@ def _run_variant(locustfile: Path, url: str, variant: Variant, plan: SweepPlan, 
     env.pop("TWINSERVE_LOADTEST_OUT", None)
     deadline = time.monotonic() + len(plan.rates_rps) * plan.step_duration_s + 120
     seen = 0
-    with open(log, "w") as logf:
-        proc = subprocess.Popen(_locust_command(locustfile, url, variant, plan, raw_out), env=env,
-                                stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            while proc.poll() is None:
-                if time.monotonic() > deadline:
-                    raise LoadTestError(f"locust ({variant}) ran past its plan by 120 s; see {log}")
-                time.sleep(0.5)
-                if on_step is not None and raw_out.is_file():
-                    raw = _read_raw(raw_out)
-                    for s in raw.steps[seen:]:
-                        on_step(variant, step_result(s, slo, plan.step_duration_s - plan.warmup_s))
-                    seen = len(raw.steps)
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+    child = ChildProcess(_locust_command(locustfile, url, variant, plan, raw_out), log, env=env)
+    proc = child.proc
+    try:
+        while child.alive():
+            if time.monotonic() > deadline:
+                raise LoadTestError(f"locust ({variant}) ran past its plan by 120 s; see {log}")
+            time.sleep(0.5)
+            if on_step is not None and raw_out.is_file():
+                raw = _read_raw(raw_out)
+                for s in raw.steps[seen:]:
+                    on_step(variant, step_result(s, slo, plan.step_duration_s - plan.warmup_s))
+                seen = len(raw.steps)
+    finally:
+        child.stop(((signal.SIGTERM, 10, False), (signal.SIGKILL, 60, False)))
     raw = _read_raw(raw_out)
     if proc.returncode != 0 or raw is None or not raw.steps:
         tail = log.read_text(errors="replace").strip().splitlines()[-8:]
@@ -430,7 +425,7 @@ def run_sweep(
     """Sweep each variant through the step plan (forced by X-Variant; ``routed`` uses the router)."""
     from importlib.metadata import version
 
-    from service.bench import hardware_description
+    from service._platform import hardware_description
 
     slo = slo or SloCriteria()
     if len(set(variants)) != len(variants) or not variants:

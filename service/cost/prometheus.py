@@ -13,10 +13,8 @@ session and is always stopped by ``stop()`` / the context manager.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import subprocess
 import time
 import urllib.error
 import urllib.parse
@@ -26,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from service._net import free_port
+from service._platform import ChildProcess, free_port, poll_until
 
 __all__ = ["DEFAULT_CONFIG", "PrometheusError", "PrometheusServer", "prometheus_config"]
 
@@ -61,8 +59,9 @@ def prometheus_config(targets: Sequence[str], *, template: Path = DEFAULT_CONFIG
 class PrometheusServer:
     """One Prometheus process; use :meth:`start` (a context manager) rather than the constructor."""
 
-    def __init__(self, proc: subprocess.Popen, url: str, data_dir: Path, log_path: Path):
-        self.proc, self.url, self.data_dir, self.log_path = proc, url, data_dir, log_path
+    def __init__(self, child: ChildProcess, url: str, data_dir: Path):
+        self.child, self.url, self.data_dir, self.log_path = child, url, data_dir, child.log_path
+        self.proc = child.proc
 
     @classmethod
     def start(cls, targets: Sequence[str], data_dir: Path, *, port: int | None = None,
@@ -83,10 +82,7 @@ class PrometheusServer:
         cmd = [exe, f"--config.file={config_path}", f"--storage.tsdb.path={data_dir / 'tsdb'}",
                f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=1d",
                "--web.enable-lifecycle"]
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
-        server = cls(proc, f"http://127.0.0.1:{port}", data_dir, log_path)
+        server = cls(ChildProcess(cmd, log_path), f"http://127.0.0.1:{port}", data_dir)
         try:
             server._wait_ready(ready_timeout_s)
         except BaseException:
@@ -101,23 +97,11 @@ class PrometheusServer:
         self.stop()
 
     def stop(self, timeout_s: float = 15.0) -> None:
-        if self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        """SIGTERM to the group (Prometheus flushes its head block), SIGKILL after ``timeout_s``."""
+        self.child.stop(((signal.SIGTERM, timeout_s, True), (signal.SIGKILL, 60, True)))
 
     def _log_tail(self) -> str:
-        try:
-            return " | ".join(self.log_path.read_text(errors="replace").strip().splitlines()[-5:])
-        except OSError:
-            return ""
+        return self.child.log_tail()
 
     def _get(self, path: str, params: dict | None = None) -> dict:
         url = f"{self.url}{path}" + ("?" + urllib.parse.urlencode(params) if params else "")
@@ -131,19 +115,19 @@ class PrometheusServer:
                 raise PrometheusError(f"Prometheus answered {e.code} to {url}") from None
 
     def _wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self.proc.poll() is not None:
-                raise PrometheusError(f"prometheus exited with {self.proc.returncode}: {self._log_tail()}")
+        def ready() -> bool:
             try:
                 with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as r:  # noqa: S310
-                    if r.status == 200:
-                        return
+                    return r.status == 200
             except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise PrometheusError(f"prometheus not ready after {timeout_s:g} s: {self._log_tail()}")
-            time.sleep(0.2)
+                return False
+
+        try:
+            poll_until(ready, timeout_s, poll_s=0.2, alive=self.child.alive, what="prometheus")
+        except RuntimeError:
+            raise PrometheusError(f"prometheus exited with {self.proc.returncode}: {self._log_tail()}") from None
+        except TimeoutError:
+            raise PrometheusError(f"prometheus not ready after {timeout_s:g} s: {self._log_tail()}") from None
 
     def targets_up(self) -> list[str]:
         doc = self._get("/api/v1/targets")

@@ -26,10 +26,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from service._platform import feature_names
 from service.capacity_search import CapacityRun, SearchResult, plot_searches
 from service.cost import _plots
 from service.cost._doc import Doc
-from service.cost._hardware import feature_names
 from service.cost.capacity import (
     CapacityCell,
     CapacityFileError,

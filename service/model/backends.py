@@ -150,7 +150,7 @@ def cpu_variant_backend(artifact_dir: str | Path, *, threads: int | None) -> Bac
         return OnnxBackend(artifact_dir, variant="pruned", threads=threads)
     if not cv.meets_floor:
         log.warning("the CPU variant in %s does not meet the fidelity floor: %s", artifact_dir, cv.summary)
-    from service.model.openvino_runtime import cpu_flags
+    from service._platform import cpu_flags
 
     here = cpu_flags()
     if here and set(here) != set(cv.cpu_flags):
