@@ -117,7 +117,7 @@ def _search_arguments(p: argparse.ArgumentParser, max_total_s: float) -> None:
 def add_commands(sub, cli_error: type[Exception]) -> None:
     """Add the verbs to ``sub``; they raise ``cli_error`` (the CLI's one-line error) on bad input.
     Passed in rather than imported: under ``python -m service.cli`` the CLI module is ``__main__``."""
-    from service.loadgen import SHAPES
+    shapes = ("1", "8", "mix")  # service.loadgen.SHAPES, not imported here (numpy); tests/unit/test_cli_start.py
 
     ca = sub.add_parser(
         "capacity", help="open-loop capacity search of one endpoint: X_slo (writes results/capacity.{json,png})",
@@ -129,7 +129,7 @@ def add_commands(sub, cli_error: type[Exception]) -> None:
     ca.add_argument("--path", default="/v1/embeddings", help="embeddings endpoint under --url")
     ca.add_argument("--variant", choices=["dense", "pruned"], help="pin twinserve's variant (X-Variant)")
     ca.add_argument("--model", help="model name in the request body (default: twinserve-<variant>)")
-    ca.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=["1"], help="texts per request")
+    ca.add_argument("--shapes", nargs="+", choices=shapes, default=["1"], help="texts per request")
     ca.add_argument("--out", type=Path, default=Path("results") / "capacity.json")
     _search_arguments(ca, max_total_s=300.0)
     ca.set_defaults(func=_cmd_capacity, cli_error=cli_error)
@@ -145,7 +145,7 @@ def add_commands(sub, cli_error: type[Exception]) -> None:
     pe.add_argument("--twinserve-url", help="a running twinserve (loopback); default: start `twinserve serve`")
     pe.add_argument("--servers", nargs="+", choices=["infinity", "twinserve"], default=["infinity", "twinserve"],
                     help="which servers, in this order")
-    pe.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=["1", "8"], help="texts per request")
+    pe.add_argument("--shapes", nargs="+", choices=shapes, default=["1", "8"], help="texts per request")
     pe.add_argument("--peer-venv", type=Path, default=Path(".venv-peers"), help="infinity's environment")
     pe.add_argument("--infinity-threads", type=int, help="infinity's ONNX Runtime intra-op threads (default: all CPUs)")
     pe.add_argument("--infinity-nice", type=int, default=0,

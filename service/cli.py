@@ -420,8 +420,14 @@ def _cmd_reliability(args: argparse.Namespace) -> None:
         raise CliError(f"a scenario failed; see {args.out_dir / 'summary.json'}")
 
 
+# Choices named here, not imported, so that building the parser (every `twinserve ...`, `--help` too) imports
+# no verb's module: service.reliability.SCENARIOS and service.loadgen.SHAPES (tests/unit/test_cli_start.py
+# checks they agree).
+RELIABILITY_SCENARIOS = ("overload", "kill", "soak")
+REQUEST_SHAPES = ("1", "8", "mix")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from service.reliability import SCENARIOS
     from service.serving.edge import EdgeConfig
     p = argparse.ArgumentParser(prog="twinserve", description="Serve a dense and a pruned INT8 twin of one encoder.")
     sub = p.add_subparsers(dest="verb", required=True)
@@ -564,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="offered rate of the burst when more than 3x X_slo (default: 3x X_slo, or twice the "
                           "highest rate the search saw the pruned variant answer, whichever is more)")
     re_.add_argument("--soak-s", type=float, default=600.0, help="length of the soak, seconds")
-    re_.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS),
+    re_.add_argument("--scenarios", nargs="+", choices=RELIABILITY_SCENARIOS, default=list(RELIABILITY_SCENARIOS),
                      help="which scenarios to run, in this order (default: all)")
     re_.add_argument("--out-dir", type=Path, default=Path("results") / "reliability")
     re_.set_defaults(func=_cmd_reliability)
@@ -573,20 +579,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from service.model.encoder import ModelLoadError
-    from service.pruning.corpus import CorpusError
-    from service.pruning.job import PruneError
-    from service.pruning.manifest import ArtifactIntegrityError
-
     try:
         args.func(args)
-    except (CliError, PruneError, ModelLoadError, CorpusError, ArtifactIntegrityError) as e:
-        print(f"twinserve {args.verb}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"twinserve {args.verb}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if not isinstance(e, (CliError, *_user_errors())):
+            raise
+        print(f"twinserve {args.verb}: error: {e}", file=sys.stderr)
+        return 2
     return 0
+
+
+# Errors shown as one line without a traceback, by (module, class). Looked up in sys.modules rather than
+# imported: an instance of one can only exist if its module was imported, and importing them all up front
+# cost every verb torch (service.pruning.job).
+_USER_ERRORS = (
+    ("service.pruning.job", "PruneError"),
+    ("service.model.config", "ModelLoadError"),
+    ("service.pruning.corpus", "CorpusError"),
+    ("service.pruning.manifest", "ArtifactIntegrityError"),
+)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    return tuple(getattr(sys.modules[m], name) for m, name in _USER_ERRORS if m in sys.modules)
 
 
 if __name__ == "__main__":
