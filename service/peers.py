@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -315,13 +314,3 @@ def run_peers(*, artifacts: Path, out_dir: Path, twinserve_url: str | None = Non
 
 def load_peers(path: Path) -> PeerBenchResult:
     return PeerBenchResult.model_validate(json.loads(Path(path).read_text()))
-
-
-def _main() -> None:  # pragma: no cover - `python -m service.peers` == `twinserve peers`
-    from service.cli import main
-
-    sys.exit(main(["peers", *sys.argv[1:]]))
-
-
-if __name__ == "__main__":
-    _main()

@@ -1,7 +1,4 @@
-"""``twinserve capacity`` and ``twinserve peers``: open-loop capacity searches from the command line.
-
-Kept apart from ``cli.py`` (one module per verb group); nothing heavy is imported until a verb runs.
-"""
+"""``twinserve capacity`` and ``twinserve peers``: open-loop capacity searches from the command line."""
 
 from __future__ import annotations
 
@@ -9,6 +6,8 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+
+from service.cli._common import REQUEST_SHAPES, CliError, one_line
 
 __all__ = ["add_commands"]
 
@@ -25,9 +24,7 @@ def _plan_and_criteria(args: argparse.Namespace):
 
 
 def _fail(args: argparse.Namespace, e: Exception) -> Exception:
-    from service.cli import _one_line
-
-    return args.cli_error(_one_line(e))
+    return CliError(one_line(e))
 
 
 def _cmd_capacity(args: argparse.Namespace) -> None:
@@ -81,7 +78,7 @@ def _cmd_peers(args: argparse.Namespace) -> None:
 
     art = (args.artifacts or default_artifact_dir()).expanduser()
     if not (art / "pruned.onnx").is_file():
-        raise args.cli_error(f"no artifacts at {art}; build them with `twinserve prune --preset fast --out {art}`")
+        raise CliError(f"no artifacts at {art}; build them with `twinserve prune --preset fast --out {art}`")
     try:
         plan, slo = _plan_and_criteria(args)
         result = run_peers(artifacts=art, out_dir=args.out_dir, twinserve_url=args.twinserve_url,
@@ -114,10 +111,8 @@ def _search_arguments(p: argparse.ArgumentParser, max_total_s: float) -> None:
     g.add_argument("--min-achieved-ratio", type=float, default=0.95, help="answered/offered a probe must reach")
 
 
-def add_commands(sub, cli_error: type[Exception]) -> None:
-    """Add the verbs to ``sub``; they raise ``cli_error`` (the CLI's one-line error) on bad input.
-    Passed in rather than imported: under ``python -m service.cli`` the CLI module is ``__main__``."""
-    shapes = ("1", "8", "mix")  # service.loadgen.SHAPES, not imported here (numpy); tests/unit/test_cli_start.py
+def add_commands(sub) -> None:
+    shapes = list(REQUEST_SHAPES)
 
     ca = sub.add_parser(
         "capacity", help="open-loop capacity search of one endpoint: X_slo (writes results/capacity.{json,png})",
@@ -132,7 +127,7 @@ def add_commands(sub, cli_error: type[Exception]) -> None:
     ca.add_argument("--shapes", nargs="+", choices=shapes, default=["1"], help="texts per request")
     ca.add_argument("--out", type=Path, default=Path("results") / "capacity.json")
     _search_arguments(ca, max_total_s=300.0)
-    ca.set_defaults(func=_cmd_capacity, cli_error=cli_error)
+    ca.set_defaults(func=_cmd_capacity)
 
     pe = sub.add_parser(
         "peers", help="twinserve vs infinity-emb on the same pruned graph, same search (writes results/peers/)",
@@ -153,4 +148,4 @@ def add_commands(sub, cli_error: type[Exception]) -> None:
                          "share when other work runs on the machine (default: %(default)s)")
     pe.add_argument("--out-dir", type=Path, default=Path("results") / "peers")
     _search_arguments(pe, max_total_s=240.0)
-    pe.set_defaults(func=_cmd_peers, cli_error=cli_error)
+    pe.set_defaults(func=_cmd_peers)
