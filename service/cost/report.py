@@ -17,10 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -42,6 +39,7 @@ from service.cost.capacity import (
 from service.cost.gpu import BreakEven, GpuCapacityError, break_even_x_slo, load_gpu_capacity
 from service.cost.model import Crossover, Offer, blended_usd_per_million, crossover, split_fleet
 from service.cost.prices import InstancePrice, PriceCatalog, load_prices
+from service.cost.prometheus import Fetch, PromQL, PrometheusError, http_get
 
 __all__ = [
     "DEFAULT_SHADOW_METRIC",
@@ -278,18 +276,10 @@ def _bench(path: Path):
         raise ReportError(f"{path} is not a twinserve bench result: {e}") from None
 
 
-Fetch = Callable[[str], bytes]
-
-
-def _http_get(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 (user-supplied Prometheus URL)
-        return r.read()
-
-
 def query_shadow_agreement(prometheus_url: str, *, metric: str = DEFAULT_SHADOW_METRIC, window: str = "1h",
-                           fetch: Fetch = _http_get) -> dict[str, LiveShadow]:
+                           fetch: Fetch = http_get) -> dict[str, LiveShadow]:
     """Mean live shadow cosine and sample count per shadow variant over ``window`` (Prometheus HTTP API)."""
-    base = prometheus_url.rstrip("/")
+    prom = PromQL(prometheus_url, fetch)
     queries = {
         "mean": f"sum by (variant) (increase({metric}_cosine_sum_total[{window}])) / "
                 f"sum by (variant) (increase({metric}_texts_total[{window}]))",
@@ -297,15 +287,12 @@ def query_shadow_agreement(prometheus_url: str, *, metric: str = DEFAULT_SHADOW_
     }
     got: dict[str, dict[str, float]] = {}
     for key, q in queries.items():
-        url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": q})
         try:
-            doc = json.loads(fetch(url))
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            raise ReportError(f"Prometheus at {prometheus_url} did not answer `{q}`: {e}") from None
-        if doc.get("status") != "success":
-            raise ReportError(f"Prometheus rejected `{q}`: {doc.get('error', doc)}")
+            result = prom.query_raw(q)
+        except PrometheusError as e:
+            raise ReportError(str(e)) from None
         got[key] = {}
-        for item in doc.get("data", {}).get("result", []):
+        for item in result:
             v = float(item["value"][1])
             if math.isfinite(v):
                 got[key][item.get("metric", {}).get("variant", "unknown")] = v
@@ -508,7 +495,7 @@ def build_report(
     manifest: Path | None = None,
     prometheus_url: str | None = None,
     config: ReportConfig | None = None,
-    fetch: Fetch = _http_get,
+    fetch: Fetch = http_get,
     gpu_capacity: Sequence[Path] = (),
 ) -> tuple[Report, dict]:
     """Assemble the report's numbers (no files written). Returns the report and what the plots need.
