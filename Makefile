@@ -43,11 +43,7 @@ bench: setup $(ARTIFACTS)/manifest.json
 	$(VENV)/bin/twinserve bench --artifacts $(ARTIFACTS)
 
 run: setup $(ARTIFACTS)/manifest.json
-	@if $(VENV)/bin/twinserve serve --help >/dev/null 2>&1; then \
-	  $(VENV)/bin/twinserve serve --artifacts $(ARTIFACTS); \
-	else \
-	  echo "artifacts are ready in $(ARTIFACTS); serving (twinserve serve) is not built yet"; \
-	fi
+	$(VENV)/bin/twinserve serve --artifacts $(ARTIFACTS)
 
 # End to end on this machine: prune (cached; `fast` unless PRESET=...), serve in the background,
 # Prometheus, an open-loop capacity search per variant and request shape (all within 10 minutes),

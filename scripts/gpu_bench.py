@@ -25,13 +25,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,22 +101,8 @@ def _gpu_or_exit() -> str:
     return torch.cuda.get_device_name(0)
 
 
-def _wait_ready(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"twinserve serve exited with {proc.returncode} before it was ready")
-        try:
-            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=3) as r:
-                if r.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(2)
-    raise RuntimeError(f"{url}/v2/health/ready did not answer 200 within {timeout_s:g} s")
-
-
 def measure(args: argparse.Namespace) -> Path:
+    from service._platform import ChildProcess, wait_ready
     from service.cost.loadtest import SloCriteria, SweepPlan, local_server_hardware, run_sweep
 
     gpu = _gpu_or_exit()
@@ -130,13 +112,12 @@ def measure(args: argparse.Namespace) -> Path:
         subprocess.run([*twinserve, "prune", "--preset", "fast", "--out", str(args.artifacts)], check=True, cwd=ROOT)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     url = f"http://127.0.0.1:{args.port}"
-    log = open(args.out_dir / "serve.log", "w")  # noqa: SIM115 (closed in finally)
-    proc = subprocess.Popen([*twinserve, "serve", "--artifacts", str(args.artifacts), "--port", str(args.port),
-                             "--dense-gpus", f"{args.gpus:g}", "--max-in-flight", str(args.max_in_flight)],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
+    serve_proc = ChildProcess([*twinserve, "serve", "--artifacts", str(args.artifacts), "--port", str(args.port),
+                               "--dense-gpus", f"{args.gpus:g}", "--max-in-flight", str(args.max_in_flight)],
+                              args.out_dir / "serve.log", cwd=ROOT)
     try:
         print(f"serving on {url} with dense on {gpu}; waiting for readiness", flush=True)
-        _wait_ready(url, proc, args.ready_timeout_s)
+        wait_ready(url, args.ready_timeout_s, poll_s=2.0, alive=serve_proc.alive)
         plan = SweepPlan(rates_rps=args.rates, step_duration_s=args.step_s, warmup_s=args.warmup_s)
         server = local_server_hardware(url, gpu_model=gpu, instance_type=args.instance_type)
         out = args.out_dir / "loadtest.json"
@@ -146,14 +127,7 @@ def measure(args: argparse.Namespace) -> Path:
                                                       f"{'pass' if s.passed else 'fail'}", flush=True))
         return out
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        log.close()
+        serve_proc.stop(((signal.SIGINT, 60, True), (signal.SIGKILL, 60, True)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         try:
             loadtest = measure(args)
-        except (RuntimeError, subprocess.CalledProcessError) as e:
+        except (RuntimeError, TimeoutError, subprocess.CalledProcessError) as e:
             print(f"gpu_bench: {e} (server log: {args.out_dir / 'serve.log'})", file=sys.stderr)
             return 1
     from service.cost.gpu import GpuCapacityError

@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
+from service._platform import CPU_FEATURES as _PLATFORM_FEATURES
+
 __all__ = [
     "CPU_FEATURES",
     "CapacityRun",
@@ -16,14 +18,11 @@ __all__ = [
     "SearchPlan",
     "SearchResult",
     "SloCriteria",
-    "cpu_flags",
 ]
 
-# The x86 CPU features that decide INT8 GEMM speed; recorded with every capacity (projections across
-# CPUs that differ in them are not like for like). The record is read by the cost module's reader,
-# which also knows arm64's (the price catalog's list); importing that list here would import the
-# whole cost package into the load generator's.
-CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+# The CPU features recorded with every capacity (projections across CPUs that differ in them are not
+# like for like): the platform's one vocabulary.
+CPU_FEATURES = tuple(_PLATFORM_FEATURES)
 
 Phase = Literal["ramp", "bisect", "confirm"]
 
@@ -154,10 +153,3 @@ class CapacityRun(BaseModel):
     shapes: dict[str, str] = Field(description="request shape name -> what it sends")
     searches: dict[str, SearchResult] = Field(description="by request shape")
 
-
-def cpu_flags() -> list[str]:
-    """Which of :data:`CPU_FEATURES` this machine's CPU has (Linux; empty elsewhere): the cost
-    module's reader, so capacity files and the report's projections name features alike."""
-    from service.cost._hardware import cpu_flags as read
-
-    return read() or []

@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -89,43 +87,39 @@ def prepare_infinity_model(artifacts: Path, out: Path) -> Path:
 
 def infinity_server(python: Path, model_dir: Path, port: int, log_path: Path, threads: int,
                      disabled_optimizers: Sequence[str], batch_size: int, nice: int = 0):
-    """infinity on 127.0.0.1:``port``, in its own session; stopped like ``twinserve serve``."""
-    from service.demo import LocalServer
+    """infinity on 127.0.0.1:``port``, in its own session; stopped like ``twinserve serve`` (SIGINT, SIGTERM,
+    then SIGKILL to the group: :data:`service._platform.SERVER_LADDER`)."""
+    from service._platform import ChildProcess, poll_until
 
-    class InfinityServer(LocalServer):
-        # LocalServer's stop() (SIGINT, SIGTERM, then SIGKILL to the group) fits any server; only
-        # the command and the readiness check differ.
-        def __init__(self) -> None:  # no super().__init__(): that would start twinserve
+    class InfinityServer(ChildProcess):
+        def __init__(self) -> None:
             env = {**os.environ, "TWINSERVE_PEER_ORT_THREADS": str(threads),
                    "TWINSERVE_PEER_ORT_DISABLED_OPTIMIZERS": ",".join(disabled_optimizers),
                    "HF_HOME": str(model_dir.parent / "hf-home")}
             env.pop("PYTHONPATH", None)
             self.url = f"http://127.0.0.1:{port}"
-            self.log_path = log_path
-            self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
             niced = ["nice", "-n", str(nice)] if nice else []  # nice execs: the pid stays the server's
-            self.proc = subprocess.Popen(
+            super().__init__(
                 [*niced, str(python), str(LAUNCHER), "v2", "--model-id", str(model_dir), "--served-model-name",
                  INFINITY_MODEL_NAME, "--engine", "optimum", "--device", "cpu", "--pooling-method", "cls",
                  "--onnx-disable-optimize", "--batch-size", str(batch_size), "--host", "127.0.0.1",
                  "--port", str(port)],
-                stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                start_new_session=True)
+                log_path, env=env)
 
         def wait_ready(self, timeout_s: float) -> None:
             import httpx
 
-            deadline = time.monotonic() + timeout_s
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"infinity exited with {self.proc.returncode}; see {self.log_path}")
+            def ready() -> bool:
                 try:
-                    if httpx.get(f"{self.url}/health", timeout=5).status_code == 200:
-                        return
+                    return httpx.get(f"{self.url}/health", timeout=5).status_code == 200
                 except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"infinity not ready after {timeout_s:g} s; see {self.log_path}")
-                time.sleep(1.0)
+                    return False
+
+            try:
+                poll_until(ready, timeout_s, poll_s=1.0, alive=self.alive, what="infinity")
+            except RuntimeError:
+                raise RuntimeError(f"infinity exited with {self.proc.returncode}; see {self.log_path}") from None
+            except TimeoutError:
+                raise TimeoutError(f"infinity not ready after {timeout_s:g} s; see {self.log_path}") from None
 
     return InfinityServer()

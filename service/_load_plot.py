@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from service.capacity_search import ProbeResult, SearchResult
+    from service._capacity_schema import ProbeResult, SearchResult
 
 __all__ = ["plot_searches"]
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -26,7 +25,11 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["BenchCell", "BenchResult", "hardware_description", "interleaved_latency", "run_bench"]
+# Re-exported for service/serving/_overhead.py only (not ours to edit in the structure change);
+# everything else imports it from service._platform. Drop it once serving does too.
+from service._platform import hardware_description  # noqa: F401
+
+__all__ = ["BenchCell", "BenchResult", "interleaved_latency", "run_bench"]
 
 Embed = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -54,18 +57,6 @@ class BenchResult(BaseModel):
     threads: int
     device: str
     cells: list[BenchCell]
-
-
-def hardware_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs visible"
 
 
 def _inputs(batch: int, seq_len: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -111,7 +102,9 @@ def interleaved_latency(
     for (v, b, s), ts in times.items():
         med = float(np.median(ts))
         out.append(BenchCell(variant=v, batch=b, seq_len=s, median_ms=med * 1e3,
-                             p90_ms=float(np.percentile(ts, 90)) * 1e3, runs=len(ts), texts_per_s=b / med))
+                             # linear (numpy's default), named: bench files have recorded it so
+                             p90_ms=float(np.percentile(ts, 90, method="linear")) * 1e3, runs=len(ts),
+                             texts_per_s=b / med))
     dense = {(c.batch, c.seq_len): c.median_ms for c in out if c.variant == "dense"}
     for c in out:
         if (c.batch, c.seq_len) in dense:

@@ -41,7 +41,6 @@ from service._capacity_schema import (
     SearchPlan,
     SearchResult,
     SloCriteria,
-    cpu_flags,
 )
 from service._load_plot import plot_searches
 from service.loadgen import SHAPES, Answer, RequestShape, embedding_bodies, open_loop, percentile
@@ -56,7 +55,6 @@ __all__ = [
     "SearchPlan",
     "SearchResult",
     "SloCriteria",
-    "cpu_flags",
     "find_capacity",
     "http_probe",
     "plot_searches",

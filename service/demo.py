@@ -25,7 +25,6 @@ import os
 import secrets
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import httpx
 
-from service._net import free_port, wait_ready
+from service._platform import ChildProcess, free_port, wait_ready
 
 __all__ = ["DEMO_BUDGET_S", "DEMO_SHAPES", "START_RPS", "DemoError", "LocalServer", "demo_plan", "ensure_artifacts",
            "run_demo", "search_variants", "search_weight", "share_budget", "start_rps_for"]
@@ -119,8 +118,9 @@ def ensure_artifacts(art: Path | None, preset_name: str | None, say: Callable[[s
     return art
 
 
-class LocalServer:
-    """``twinserve serve`` in its own session; stopped with SIGINT (its clean shutdown), then harder."""
+class LocalServer(ChildProcess):
+    """``twinserve serve`` in its own session; stopped with SIGINT (its clean shutdown), then harder
+    (:data:`service._platform.SERVER_LADDER`)."""
 
     def __init__(self, art: Path, port: int, metrics_port: int, log_path: Path, token: str,
                  extra_args: Sequence[str] = ()):
@@ -129,39 +129,18 @@ class LocalServer:
         root = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
         self.url = f"http://127.0.0.1:{port}"
-        self.log_path = log_path
-        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
+        super().__init__(
             [sys.executable, "-m", "service.cli", "serve", "--artifacts", str(art), "--port", str(port),
              "--metrics-port", str(metrics_port), "--dense-weight", "0.5", "--shadow-fraction", "0", *extra_args],
-            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+            log_path, env=env)
 
     def wait_ready(self, timeout_s: float) -> None:
         try:
-            wait_ready(self.url, timeout_s, poll_s=1.0, alive=lambda: self.proc.poll() is None)
+            wait_ready(self.url, timeout_s, poll_s=1.0, alive=self.alive)
         except RuntimeError:
             raise DemoError(f"twinserve serve exited with {self.proc.returncode}; see {self.log_path}") from None
         except TimeoutError:
             raise DemoError(f"twinserve serve not ready after {timeout_s:g} s; see {self.log_path}") from None
-
-    def stop(self) -> None:
-        try:
-            for sig, wait_s in ((signal.SIGINT, 90), (signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-                if self.proc.poll() is not None:
-                    break
-                try:
-                    if sig == signal.SIGKILL:
-                        os.killpg(self.proc.pid, sig)
-                    else:
-                        self.proc.send_signal(sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    self.proc.wait(wait_s)
-                except subprocess.TimeoutExpired:
-                    continue
-        finally:
-            self._log.close()
 
 
 def _interrupt(signum, frame):
@@ -246,8 +225,8 @@ def search_variants(base_url: str, *, shapes: Sequence[str] = DEMO_SHAPES, cost_
     import platform
     from datetime import UTC, datetime
 
-    from service.bench import hardware_description
-    from service.capacity_search import CapacityRun, SloCriteria, cpu_flags, find_capacity, plot_searches
+    from service._platform import cpu_flags, hardware_description
+    from service.capacity_search import CapacityRun, SloCriteria, find_capacity, plot_searches
     from service.loadgen import SHAPES
 
     shapes = _order_shapes(shapes, cost_shape)
@@ -286,7 +265,7 @@ def search_variants(base_url: str, *, shapes: Sequence[str] = DEMO_SHAPES, cost_
         runs[variant] = CapacityRun(
             created_at=datetime.now(UTC), url=url, headers=headers, variant=variant,
             hardware=hardware_description(), cpu_count=os.cpu_count() or 1, cpu_arch=platform.machine(),
-            cpu_flags=cpu_flags(), shapes={**(prior.shapes if prior else {}), shape: SHAPES[shape].description},
+            cpu_flags=cpu_flags() or [], shapes={**(prior.shapes if prior else {}), shape: SHAPES[shape].description},
             searches={**(prior.searches if prior else {}), shape: result})
         files[variant] = out_dir / f"capacity-{variant}.json"
         files[variant].write_text(runs[variant].model_dump_json(indent=2) + "\n")

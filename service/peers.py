@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -50,7 +49,6 @@ from service.capacity_search import (
     SearchPlan,
     SearchResult,
     SloCriteria,
-    cpu_flags,
     find_capacity,
     plot_searches,
 )
@@ -189,7 +187,7 @@ def run_peers(*, artifacts: Path, out_dir: Path, twinserve_url: str | None = Non
     shape; write ``peers.json`` and ``peers.png`` to ``out_dir`` (rewritten after every search,
     so an interrupted run keeps what it measured). ``infinity_nice`` starts infinity at that
     niceness: 15 matches the Serve replicas Ray starts, when other work shares the machine."""
-    from service.bench import hardware_description
+    from service._platform import cpu_flags, free_port, hardware_description
     from service.demo import SERVER_START_TIMEOUT_S, LocalServer
     from service.model.onnx_runtime import DISABLED_OPTIMIZERS
 
@@ -213,7 +211,7 @@ def run_peers(*, artifacts: Path, out_dir: Path, twinserve_url: str | None = Non
                      "while infinity was measured")
     result = PeerBenchResult(
         created_at=datetime.now(UTC), command=command, hardware=hardware_description(),
-        cpu_count=os.cpu_count() or 1, cpu_flags=cpu_flags(), artifacts=str(artifacts.resolve()),
+        cpu_count=os.cpu_count() or 1, cpu_flags=cpu_flags() or [], artifacts=str(artifacts.resolve()),
         graph_sha256=sha256_file(artifacts / "pruned.onnx"), criteria=criteria, plan=plan,
         shapes={s: SHAPES[s].description for s in shapes}, servers=[], embedding_agreement=None, notes=notes)
     reference = {}
@@ -249,8 +247,6 @@ def run_peers(*, artifacts: Path, out_dir: Path, twinserve_url: str | None = Non
         if name == "infinity":
             # absolute: infinity joins the model id with the ONNX file's path it found under it
             model_dir = prepare_infinity_model(artifacts, (out_dir / "infinity-model").resolve())
-            from service._net import free_port
-
             port = free_port()
             say(f"infinity-emb: serving {model_dir} on 127.0.0.1:{port}, {threads} ONNX Runtime threads "
                 f"(log {out_dir / 'infinity.log'})")
@@ -268,8 +264,6 @@ def run_peers(*, artifacts: Path, out_dir: Path, twinserve_url: str | None = Non
                 base = twinserve_url.rstrip("/")
             else:
                 import secrets
-
-                from service._net import free_port
 
                 # The same graph as infinity's: pruned.onnx on ONNX Runtime, whatever the manifest serves.
                 server = LocalServer(artifacts, free_port(), free_port(), out_dir / "twinserve.log",
@@ -320,13 +314,3 @@ def run_peers(*, artifacts: Path, out_dir: Path, twinserve_url: str | None = Non
 
 def load_peers(path: Path) -> PeerBenchResult:
     return PeerBenchResult.model_validate(json.loads(Path(path).read_text()))
-
-
-def _main() -> None:  # pragma: no cover - `python -m service.peers` == `twinserve peers`
-    from service.cli import main
-
-    sys.exit(main(["peers", *sys.argv[1:]]))
-
-
-if __name__ == "__main__":
-    _main()

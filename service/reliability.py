@@ -33,7 +33,7 @@ import httpx
 import psutil
 from pydantic import BaseModel
 
-from service._net import metric_sum
+from service._platform import metric_sum
 from service.loadgen import TEXTS, Answer, LoadSummary, drive, summarise
 
 __all__ = [
@@ -418,8 +418,7 @@ def run_reliability(*, out_dir: Path = Path("results") / "reliability", artifact
     import secrets
     from datetime import UTC, datetime
 
-    from service._net import free_port
-    from service.bench import hardware_description
+    from service._platform import free_port, hardware_description
     from service.capacity_search import SloCriteria
     from service.demo import SERVER_START_TIMEOUT_S, LocalServer, ensure_artifacts
 

@@ -25,18 +25,17 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from service._platform import feature_names
 from service.capacity_search import CapacityRun, SearchResult
-from service.cost._hardware import feature_names
 from service.cost.loadtest import LoadTestResult
 from service.cost.model import usd_per_million
 from service.cost.prices import InstancePrice
 
-__all__ = ["CPU_VARIANTS", "GPU_VARIANTS", "CapacityCell", "CapacityFileError", "Measurement", "capacity_cells",
+__all__ = ["GPU_VARIANTS", "CapacityCell", "CapacityFileError", "Measurement", "capacity_cells",
            "capacity_measurement", "load_capacity_run", "measurements", "normalise_arch", "search_method"]
 
 # The design: dense is served on a GPU (CPU fallback when none); pruned INT8 on CPUs.
 GPU_VARIANTS = frozenset({"dense"})
-CPU_VARIANTS = frozenset({"pruned"})
 
 Status = Literal["measured", "projected", "not_measured", "not_applicable", "no_capacity", "not_comparable"]
 

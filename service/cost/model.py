@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = [
@@ -19,8 +18,6 @@ __all__ = [
     "Offer",
     "blended_usd_per_million",
     "crossover",
-    "fleet_curve",
-    "fleet_cost_usd_per_hour",
     "instances_needed",
     "split_fleet",
     "usd_per_million",
@@ -84,10 +81,6 @@ class Offer:
     def usd_per_million(self, utilisation: float) -> float:
         return usd_per_million(self.price_usd_per_hour, self.x_slo_rps, utilisation)
 
-
-def fleet_cost_usd_per_hour(rate_rps: float, offer: Offer, utilisation: float) -> float:
-    """Cost of a fleet of one variant serving all of ``rate_rps`` (at least one instance)."""
-    return offer.fleet_usd_per_hour(rate_rps, utilisation)
 
 
 def split_fleet(
@@ -175,10 +168,3 @@ def crossover(a: Offer, b: Offer, utilisation: float) -> Crossover:
         f"{lose.variant} on {lose.instance} is as cheap or cheaper up to {last_not_cheaper:g} req/s; above it "
         f"{win.variant} on {win.instance} is always cheaper",
     )
-
-
-def fleet_curve(
-    rates_rps: Sequence[float], offer: Offer, utilisation: float
-) -> list[tuple[float, int, float]]:
-    """(R, instances, $/h) at each rate, for plots and tables."""
-    return [(r, offer.instances(r, utilisation), offer.fleet_usd_per_hour(r, utilisation)) for r in rates_rps]

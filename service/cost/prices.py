@@ -14,28 +14,13 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
 
+from service._platform import CPU_FEATURES
+
 __all__ = ["CPU_FEATURES", "CpuSpec", "GpuSpec", "InstancePrice", "PriceCatalog", "PriceError", "load_prices"]
 
 Basis = Literal["on-demand", "spot", "savings-plan"]
 
-# CPU features that decide how fast INT8 and fp32 GEMMs run (ONNX Runtime's MLAS picks kernels by them), named
-# as Linux's /proc/cpuinfo prints them (x86 `flags`, arm64 `Features`), with the name a person knows.
-CPU_FEATURES: dict[str, str] = {
-    "avx2": "AVX2",
-    "avx512f": "AVX-512",
-    "avx512_vnni": "AVX-512 VNNI",
-    "avx_vnni": "AVX-VNNI",
-    "avx512_bf16": "AVX-512 BF16",
-    "amx_tile": "AMX",
-    "amx_int8": "AMX-INT8",
-    "amx_bf16": "AMX-BF16",
-    "asimd": "NEON",
-    "asimddp": "NEON dot product",
-    "sve": "SVE",
-    "sve2": "SVE2",
-    "i8mm": "Arm INT8 matrix multiply (I8MM)",
-    "bf16": "Arm BF16",
-}
+# The GEMM features a price entry may name: the platform's vocabulary (service._platform.CPU_FEATURES).
 CpuFeature = Literal[tuple(CPU_FEATURES)]  # type: ignore[valid-type]
 
 

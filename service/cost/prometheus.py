@@ -1,4 +1,5 @@
-"""A real Prometheus server for tests and the demo: ``deploy/prometheus.yml`` retargeted, on a free port.
+"""Prometheus: the one PromQL client (:class:`PromQL`), and a real server for tests and the demo
+(:class:`PrometheusServer`: ``deploy/prometheus.yml`` retargeted, on a free port).
 
     with PrometheusServer.start(targets=["127.0.0.1:8080"], data_dir=tmp) as prom:
         prom.wait_for_target()
@@ -13,23 +14,20 @@ session and is always stopped by ``stop()`` / the context manager.
 from __future__ import annotations
 
 import json
-import math
-import os
 import shutil
 import signal
-import subprocess
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import yaml
 
-from service._net import free_port
+from service._platform import ChildProcess, free_port, poll_until
 
-__all__ = ["DEFAULT_CONFIG", "PrometheusError", "PrometheusServer", "prometheus_config"]
+__all__ = ["DEFAULT_CONFIG", "Fetch", "PromQL", "PrometheusError", "PrometheusServer", "http_get", "prometheus_config"]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "prometheus.yml"
 JOB = "ray"  # the scrape job in deploy/prometheus.yml whose targets are Ray's metrics export ports
@@ -37,6 +35,54 @@ JOB = "ray"  # the scrape job in deploy/prometheus.yml whose targets are Ray's m
 
 class PrometheusError(RuntimeError):
     """Prometheus could not start, did not answer, or rejected a query."""
+
+
+Fetch = Callable[[str], bytes]
+
+
+def http_get(url: str) -> bytes:
+    """The body at ``url``; an HTTP error's body too (Prometheus says in it why it rejected a query)."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 (a Prometheus URL we were given)
+            return r.read()
+    except urllib.error.HTTPError as e:  # 400/422: a bad query
+        return e.read()
+
+
+class PromQL:
+    """Prometheus's HTTP API at ``url``: instant queries (``/api/v1/query``) and any other GET.
+
+    ``fetch`` (URL -> body) is the transport; tests pass a fake one.
+    """
+
+    def __init__(self, url: str, fetch: Fetch = http_get):
+        self.url = url.rstrip("/")
+        self._fetch = fetch
+
+    def get(self, path: str, params: dict | None = None) -> dict:
+        url = f"{self.url}{path}" + ("?" + urllib.parse.urlencode(params) if params else "")
+        try:
+            body = self._fetch(url)
+        except (urllib.error.URLError, OSError) as e:
+            raise PrometheusError(f"Prometheus at {self.url} did not answer {url}: {e}") from None
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise PrometheusError(f"Prometheus at {self.url} answered {url} with something other than JSON") from None
+
+    def query_raw(self, promql: str, at: float | None = None) -> list[dict]:
+        """The result vector of an instant query (at unix time ``at`` or now); raises on a rejected query."""
+        doc = self.get("/api/v1/query", {"query": promql, **({"time": f"{at:.3f}"} if at is not None else {})})
+        if doc.get("status") != "success":
+            raise PrometheusError(f"Prometheus rejected `{promql}`: {doc.get('errorType')}: {doc.get('error')}")
+        data = doc["data"]
+        if data["resultType"] == "scalar":
+            return [{"metric": {}, "value": data["result"]}]
+        return data["result"]
+
+    def query(self, promql: str, by: str = "variant", at: float | None = None) -> dict[str, float]:
+        """An instant query as ``{label value of `by`: value}`` (``""`` when the series lacks the label)."""
+        return {item["metric"].get(by, ""): float(item["value"][1]) for item in self.query_raw(promql, at)}
 
 
 def prometheus_config(targets: Sequence[str], *, template: Path = DEFAULT_CONFIG,
@@ -59,11 +105,14 @@ def prometheus_config(targets: Sequence[str], *, template: Path = DEFAULT_CONFIG
 
 
 
-class PrometheusServer:
-    """One Prometheus process; use :meth:`start` (a context manager) rather than the constructor."""
+class PrometheusServer(PromQL):
+    """One Prometheus process, queried as :class:`PromQL`; use :meth:`start` (a context manager) rather
+    than the constructor."""
 
-    def __init__(self, proc: subprocess.Popen, url: str, data_dir: Path, log_path: Path):
-        self.proc, self.url, self.data_dir, self.log_path = proc, url, data_dir, log_path
+    def __init__(self, child: ChildProcess, url: str, data_dir: Path):
+        super().__init__(url)
+        self.child, self.data_dir, self.log_path = child, data_dir, child.log_path
+        self.proc = child.proc
 
     @classmethod
     def start(cls, targets: Sequence[str], data_dir: Path, *, port: int | None = None,
@@ -84,10 +133,7 @@ class PrometheusServer:
         cmd = [exe, f"--config.file={config_path}", f"--storage.tsdb.path={data_dir / 'tsdb'}",
                f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=1d",
                "--web.enable-lifecycle"]
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
-        server = cls(proc, f"http://127.0.0.1:{port}", data_dir, log_path)
+        server = cls(ChildProcess(cmd, log_path), f"http://127.0.0.1:{port}", data_dir)
         try:
             server._wait_ready(ready_timeout_s)
         except BaseException:
@@ -102,52 +148,29 @@ class PrometheusServer:
         self.stop()
 
     def stop(self, timeout_s: float = 15.0) -> None:
-        if self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        """SIGTERM to the group (Prometheus flushes its head block), SIGKILL after ``timeout_s``."""
+        self.child.stop(((signal.SIGTERM, timeout_s, True), (signal.SIGKILL, 60, True)))
 
     def _log_tail(self) -> str:
-        try:
-            return " | ".join(self.log_path.read_text(errors="replace").strip().splitlines()[-5:])
-        except OSError:
-            return ""
-
-    def _get(self, path: str, params: dict | None = None) -> dict:
-        url = f"{self.url}{path}" + ("?" + urllib.parse.urlencode(params) if params else "")
-        try:
-            with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 (our own child process)
-                return json.loads(r.read())
-        except urllib.error.HTTPError as e:  # 400/422: a bad query; the body says why
-            try:
-                return json.loads(e.read())
-            except ValueError:
-                raise PrometheusError(f"Prometheus answered {e.code} to {url}") from None
+        return self.child.log_tail()
 
     def _wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self.proc.poll() is not None:
-                raise PrometheusError(f"prometheus exited with {self.proc.returncode}: {self._log_tail()}")
+        def ready() -> bool:
             try:
                 with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as r:  # noqa: S310
-                    if r.status == 200:
-                        return
+                    return r.status == 200
             except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise PrometheusError(f"prometheus not ready after {timeout_s:g} s: {self._log_tail()}")
-            time.sleep(0.2)
+                return False
+
+        try:
+            poll_until(ready, timeout_s, poll_s=0.2, alive=self.child.alive, what="prometheus")
+        except RuntimeError:
+            raise PrometheusError(f"prometheus exited with {self.proc.returncode}: {self._log_tail()}") from None
+        except TimeoutError:
+            raise PrometheusError(f"prometheus not ready after {timeout_s:g} s: {self._log_tail()}") from None
 
     def targets_up(self) -> list[str]:
-        doc = self._get("/api/v1/targets")
+        doc = self.get("/api/v1/targets")
         return [t["scrapeUrl"] for t in doc.get("data", {}).get("activeTargets", []) if t.get("health") == "up"]
 
     def wait_for_target(self, timeout_s: float = 60.0) -> None:
@@ -155,26 +178,6 @@ class PrometheusServer:
         deadline = time.monotonic() + timeout_s
         while not self.targets_up():
             if time.monotonic() > deadline:
-                doc = self._get("/api/v1/targets")
+                doc = self.get("/api/v1/targets")
                 raise PrometheusError(f"no target up after {timeout_s:g} s: {doc.get('data')}")
             time.sleep(0.25)
-
-    def query_raw(self, promql: str, at: float | None = None) -> list[dict]:
-        """The result vector of an instant query (``/api/v1/query``, at unix time ``at`` or now);
-        raises on a rejected query."""
-        doc = self._get("/api/v1/query", {"query": promql, **({"time": f"{at:.3f}"} if at is not None else {})})
-        if doc.get("status") != "success":
-            raise PrometheusError(f"Prometheus rejected `{promql}`: {doc.get('errorType')}: {doc.get('error')}")
-        data = doc["data"]
-        if data["resultType"] == "scalar":
-            return [{"metric": {}, "value": data["result"]}]
-        return data["result"]
-
-    def query(self, promql: str, by: str = "variant", at: float | None = None) -> dict[str, float]:
-        """An instant query as ``{label value of `by`: value}`` (``""`` when the series lacks the label)."""
-        return {item["metric"].get(by, ""): float(item["value"][1]) for item in self.query_raw(promql, at)}
-
-    def query_value(self, promql: str, at: float | None = None) -> float:
-        """One number: the sum of the result vector, 0.0 when it is empty; NaN stays NaN."""
-        values = [float(item["value"][1]) for item in self.query_raw(promql, at)]
-        return math.fsum(values) if values else 0.0

@@ -4,14 +4,14 @@ The torch encoder is imported on first use, so ONNX-only processes never load to
 """
 
 from service.model.config import EncoderConfig, LayerShape, ModelLoadError
-from service.model.tokenizer import Batch, TextTokenizer, TokenLimitError
+from service.model.tokenizer import Batch, TextTokenizer
 from service.model.backends import (  # noqa: I001 - after tokenizer
     Backend, OnnxBackend, OpenVinoBackend, TorchBackend, cpu_variant_backend,
 )
 
 __all__ = [
     "Backend", "Batch", "Encoder", "EncoderConfig", "LayerShape", "ModelLoadError", "OnnxBackend",
-    "OpenVinoBackend", "TextTokenizer", "TokenLimitError", "TorchBackend", "cpu_variant_backend", "load_encoder",
+    "OpenVinoBackend", "TextTokenizer", "TorchBackend", "cpu_variant_backend", "load_encoder",
     "save_encoder",
 ]
 _TORCH = {"Encoder", "load_encoder", "save_encoder"}

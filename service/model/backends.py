@@ -27,9 +27,14 @@ class Backend(ABC):
     runtime: str  # onnxruntime | openvino | torch
 
     def __init__(self, artifact_dir: str | Path, *, threads: int | None = None, truncate: bool = True):
+        # Texts over the manifest's max_tokens are always cut (the ingress applies its own limit
+        # before a backend sees them). ``truncate`` stays only because service/serving/deployments.py
+        # passes ``truncate=True``; drop it there, then here.
+        if not truncate:
+            raise ValueError("backends always truncate to the manifest's max_tokens; the ingress rejects "
+                             "over-long inputs itself (ServingConfig.over_token_limit)")
         self.artifact_dir = Path(artifact_dir)
         self.threads = threads
-        self.truncate = truncate
         self.tokenizer: TextTokenizer | None = None
         self.manifest = None
 
@@ -43,7 +48,7 @@ class Backend(ABC):
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """L2-normalised embeddings [len(texts), dim], padded only to the batch's longest text."""
-        batch = self.tokenizer(texts, truncate=self.truncate)
+        batch = self.tokenizer(texts)
         return self.embed_ids(batch.input_ids, batch.attention_mask)
 
     def check_health(self) -> None:
@@ -130,7 +135,7 @@ class OpenVinoBackend(Backend):
         return self.model(input_ids, attention_mask)
 
 
-def cpu_variant_backend(artifact_dir: str | Path, *, threads: int | None, truncate: bool = True) -> Backend:
+def cpu_variant_backend(artifact_dir: str | Path, *, threads: int | None) -> Backend:
     """The backend for the CPU variant the manifest names (``cpu_variant``: runtime, file, precision).
 
     A manifest written before ``cpu_variant`` existed (job version < 5) serves ``pruned.onnx`` on
@@ -142,10 +147,10 @@ def cpu_variant_backend(artifact_dir: str | Path, *, threads: int | None, trunca
     manifest = load_manifest(artifact_dir)
     cv = manifest.cpu_variant
     if cv is None:
-        return OnnxBackend(artifact_dir, variant="pruned", threads=threads, truncate=truncate)
+        return OnnxBackend(artifact_dir, variant="pruned", threads=threads)
     if not cv.meets_floor:
         log.warning("the CPU variant in %s does not meet the fidelity floor: %s", artifact_dir, cv.summary)
-    from service.model.openvino_runtime import cpu_flags
+    from service._platform import cpu_flags
 
     here = cpu_flags()
     if here and set(here) != set(cv.cpu_flags):
@@ -154,9 +159,8 @@ def cpu_variant_backend(artifact_dir: str | Path, *, threads: int | None, trunca
                     cv.candidate, cv.runtime, " ".join(cv.cpu_flags) or "unknown", " ".join(here))
     if cv.runtime == "openvino":
         return OpenVinoBackend(artifact_dir, files=cv.files, precision=cv.precision, variant=cv.model,
-                               threads=threads, truncate=truncate)
-    return OnnxBackend(artifact_dir, variant=cv.model, onnx_file=cv.file, precision=cv.precision, threads=threads,
-                       truncate=truncate)
+                               threads=threads)
+    return OnnxBackend(artifact_dir, variant=cv.model, onnx_file=cv.file, precision=cv.precision, threads=threads)
 
 
 class TorchBackend(Backend):

@@ -16,29 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CPU_FLAGS_OF_INTEREST", "OpenVinoModel", "available", "cpu_flags", "has_amx", "precision_hint"]
+from service._platform import cpu_flags
 
-# The instruction-set flags that decide which runtime and precision win on a CPU.
-CPU_FLAGS_OF_INTEREST = ("avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16",
-                         "amx_int8")
-
-
-def cpu_flags(cpuinfo: str | None = None) -> list[str]:
-    """The flags of :data:`CPU_FLAGS_OF_INTEREST` this CPU has (from ``/proc/cpuinfo``; empty when unreadable)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return []
-    for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            have = set(line.split(":", 1)[1].split())
-            return [f for f in CPU_FLAGS_OF_INTEREST if f in have]
-    return []
-
+__all__ = ["OpenVinoModel", "available", "has_amx", "precision_hint"]
 
 def has_amx(flags: list[str] | None = None) -> bool:
-    return "amx_bf16" in (cpu_flags() if flags is None else flags)
+    """Whether ``flags`` (default: this machine's, :func:`service._platform.cpu_flags`) include AMX-BF16."""
+    return "amx_bf16" in ((cpu_flags() or []) if flags is None else flags)
 
 
 def precision_hint(flags: list[str] | None = None) -> str:

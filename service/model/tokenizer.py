@@ -8,18 +8,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-__all__ = ["Batch", "TextTokenizer", "TokenLimitError"]
-
-
-class TokenLimitError(ValueError):
-    """An input has more tokens than the configured limit and truncation is off."""
-
-    def __init__(self, index: int, n_tokens: int, limit: int):
-        super().__init__(
-            f"input {index} has {n_tokens} tokens, over the limit of {limit}; "
-            "shorten it or split it into several inputs"
-        )
-        self.index, self.n_tokens, self.limit = index, n_tokens, limit
+__all__ = ["Batch", "TextTokenizer"]
 
 
 @dataclass(frozen=True)
@@ -66,12 +55,6 @@ class TextTokenizer:
             mask[i, : len(x)] = 1
         return Batch(input_ids, mask)
 
-    def __call__(self, texts: list[str], *, truncate: bool = True) -> Batch:
-        ids = self.encode(texts)
-        if truncate:
-            ids = [self.truncate(x) for x in ids]
-        else:
-            for i, x in enumerate(ids):
-                if len(x) > self.max_tokens:
-                    raise TokenLimitError(i, len(x), self.max_tokens)
-        return self.pad(ids)
+    def __call__(self, texts: list[str]) -> Batch:
+        """Tokenise, keep the first ``max_tokens`` of each text, pad to the batch's longest."""
+        return self.pad([self.truncate(x) for x in self.encode(texts)])

@@ -46,7 +46,8 @@ def measure_frontier(artifact_dirs: list[Path], runs: int = 10, threads: int | N
     """One interleaved latency run: the first directory's dense graph and every point's pruned graph."""
     import os
 
-    from service.bench import hardware_description, interleaved_latency
+    from service._platform import hardware_description
+    from service.bench import interleaved_latency
     from service.model.onnx_runtime import make_session, run_session
     from service.pruning.manifest import verify_artifacts
 

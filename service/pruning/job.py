@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.bench import hardware_description, interleaved_latency
+from service._platform import cpu_flags, hardware_description
+from service.bench import interleaved_latency
 from service.model.encoder import Encoder, ModelLoadError, load_encoder, save_encoder
 from service.model.onnx_runtime import make_session, run_session
-from service.model.openvino_runtime import OpenVinoModel, cpu_flags, precision_hint
+from service.model.openvino_runtime import OpenVinoModel, precision_hint
 from service.model.openvino_runtime import available as openvino_available
 from service.model.tokenizer import TextTokenizer
 from service.pruning.config import PruneConfig
@@ -114,7 +115,7 @@ def _batches(texts: list[str], tok: TextTokenizer, batch_size: int, seed: int) -
             groups = [chunk[i : i + batch_size] for i in range(0, len(chunk) - batch_size + 1, batch_size)]
             rng.shuffle(groups)
             for group in groups:
-                b = tok(group, truncate=True)
+                b = tok(group)
                 yield {"input_ids": torch.from_numpy(b.input_ids), "attention_mask": torch.from_numpy(b.attention_mask)}
 
 
@@ -129,7 +130,7 @@ def _embed(run: Callable[[np.ndarray, np.ndarray], np.ndarray], texts: list[str]
 def _calibration_batches(texts: list[str], tok: TextTokenizer, n: int, seed: int) -> list[tuple]:
     """``n`` training texts in batches of 8 (``input_ids``, ``attention_mask``), for NNCF."""
     sample = random.Random(seed).sample(texts, min(n, len(texts)))
-    return [(b.input_ids, b.attention_mask) for b in (tok(sample[i : i + 8], truncate=True)
+    return [(b.input_ids, b.attention_mask) for b in (tok(sample[i : i + 8])
                                                       for i in range(0, len(sample), 8))]
 
 
@@ -385,7 +386,7 @@ def _build(teacher, model_dir, model_sha256, tmp, cfg, corpus, fingerprint, pres
     _say(sel.summary)
     chosen = sel.chosen
     cv_files = _publish_cpu_variant(chosen.name, files, tmp)
-    flags = cpu_flags()
+    flags = cpu_flags() or []
     cpu_variant = CpuVariant(
         candidate=chosen.name, model=chosen.model, file=cv_files[0], files=cv_files, runtime=chosen.runtime,
         precision=chosen.precision, cpu=hardware_description(), cpu_flags=flags, threads=threads,

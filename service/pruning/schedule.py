@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["cubic_sparsity", "layers_to_drop", "plan_step", "schedule"]
+__all__ = ["cubic_sparsity", "layers_to_drop", "plan_step"]
 
 
 def cubic_sparsity(step: int, n_steps: int, final: float, initial: float = 0.0) -> float:
@@ -18,11 +18,6 @@ def cubic_sparsity(step: int, n_steps: int, final: float, initial: float = 0.0) 
     if not 0 <= step <= n_steps:
         raise ValueError(f"step must be in [0, {n_steps}], got {step}")
     return final + (initial - final) * (1.0 - step / n_steps) ** 3
-
-
-def schedule(n_steps: int, final: float) -> list[float]:
-    """Target sparsity after each of the ``n_steps`` steps."""
-    return [cubic_sparsity(t, n_steps, final) for t in range(1, n_steps + 1)]
 
 
 def layers_to_drop(step: int, n_steps: int, layer_sparsity: float, n_layers: int) -> int:

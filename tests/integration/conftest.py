@@ -19,7 +19,7 @@ import httpx
 import pytest
 import yaml
 
-from service._net import free_port, wait_ready
+from service._platform import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "integration-test-token"

@@ -56,7 +56,7 @@ def main() -> int:
     from ray import serve
     from ray.cluster_utils import Cluster
 
-    from service._net import wait_ready
+    from service._platform import wait_ready
     from tests.integration.conftest import deploy_and_wait
 
     def ray_args(node_type: dict) -> dict:

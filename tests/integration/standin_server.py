@@ -16,7 +16,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from service._net import free_port
+from service._platform import free_port
 
 SERVICE_TIME_S = {"dense": 0.004, "pruned": 0.002}
 

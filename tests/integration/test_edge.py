@@ -13,7 +13,7 @@ import asyncio
 import httpx
 import pytest
 
-from service._net import free_port, metric_sum
+from service._platform import free_port, metric_sum
 from service.serving.edge import Edge, EdgeConfig, EdgeError
 from tests.integration.standin_server import StandinServer
 

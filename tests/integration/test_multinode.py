@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from service._net import free_port
+from service._platform import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("multinode_scenario.py")

@@ -207,7 +207,7 @@ def test_truncate_mode_embeds_the_first_tokens_and_counts_them(tight_app, serve_
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["usage"]["prompt_tokens"] == 16 + 3
-    ref = OnnxBackend(serve_app.artifact_dir, variant="dense", threads=1, truncate=True)
+    ref = OnnxBackend(serve_app.artifact_dir, variant="dense", threads=1)
     ref.load()
     ref.tokenizer.max_tokens = 16
     expected = ref.embed([text, "short"])

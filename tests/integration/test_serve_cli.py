@@ -13,7 +13,7 @@ import time
 import httpx
 import numpy as np
 
-from service._net import free_port
+from service._platform import free_port
 from service.demo import LocalServer
 from service.model.backends import OnnxBackend
 from service.serving.edge import EdgeConfig

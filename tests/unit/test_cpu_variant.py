@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from service.model.backends import OnnxBackend, OpenVinoBackend, TorchBackend, cpu_variant_backend
-from service.model.openvino_runtime import cpu_flags, precision_hint
+from service._platform import parse_cpu_flags
+from service.model.openvino_runtime import precision_hint
 from service.pruning.manifest import CandidateMeasurement, Fidelity, hash_directory, load_manifest, write_manifest
 from service.pruning.select import meets_floor, select_cpu_variant, speed_score
 
@@ -152,10 +153,12 @@ def test_openvino_backend_refuses_a_variant_without_its_ir():
 def test_cpu_flags_and_the_bf16_hint_follow_amx_only():
     amx = "flags\t: fpu avx2 avx512f avx512_vnni avx512_bf16 amx_tile amx_bf16 amx_int8\n"
     zen = "flags\t: fpu avx2 avx512f avx512_vnni avx512_bf16\n"
-    assert cpu_flags(amx) == ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"]
-    assert precision_hint(cpu_flags(amx)) == "bf16"
-    assert precision_hint(cpu_flags(zen)) == "f32"  # AVX-512 BF16 without AMX: f32
-    assert cpu_flags("no flags here") == []
+    assert parse_cpu_flags(amx) == ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8",
+                                    "amx_bf16"]
+    assert precision_hint(parse_cpu_flags(amx)) == "bf16"
+    assert precision_hint(parse_cpu_flags(zen)) == "f32"  # AVX-512 BF16 without AMX: f32
+    assert parse_cpu_flags("no flags here") is None  # unknown, not "has none"
+    assert precision_hint([]) == "f32"
 
 
 # --- the selection rule, a pure function ----------------------------------------------------------

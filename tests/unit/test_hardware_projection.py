@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.cost._hardware import cpu_flags, parse_cpu_flags
+from service._platform import cpu_flags, parse_cpu_flags
 from service.cost.capacity import Measurement, capacity_cells, normalise_arch
 from service.cost.prices import CPU_FEATURES, load_prices
 

@@ -16,7 +16,7 @@ from service.pruning.config import PruneConfig, preset
 from service.pruning.criteria import CRITERIA, get_criterion
 from service.pruning.distill import DistillLoss
 from service.pruning.job import BUCKET_BATCHES, _batches
-from service.pruning.schedule import cubic_sparsity, layers_to_drop, plan_step, schedule
+from service.pruning.schedule import cubic_sparsity, layers_to_drop, plan_step
 from service.pruning.surgery import Keep, apply_mask_gates, prune_encoder
 from tests.conftest import TINY, minilm_dir
 
@@ -122,7 +122,7 @@ def test_cubic_schedule_formula():
     assert cubic_sparsity(4, 4, 0.5) == pytest.approx(0.5)
     assert cubic_sparsity(1, 4, 0.5) == pytest.approx(0.5 * (1 - 0.75**3))
     assert cubic_sparsity(2, 4, 0.8, initial=0.2) == pytest.approx(0.8 - 0.6 * 0.125)
-    s = schedule(5, 0.6)
+    s = [cubic_sparsity(t, 5, 0.6) for t in range(1, 6)]
     assert s == sorted(s) and s[-1] == pytest.approx(0.6)
     increments = [b - a for a, b in zip([0.0, *s], s)]
     assert increments == sorted(increments, reverse=True)  # big cuts first

@@ -1,7 +1,4 @@
-"""``twinserve capacity`` and ``twinserve peers``: open-loop capacity searches from the command line.
-
-Kept apart from ``cli.py`` (one module per verb group); nothing heavy is imported until a verb runs.
-"""
+"""``twinserve capacity`` and ``twinserve peers``: open-loop capacity searches from the command line."""
 
 from __future__ import annotations
 
@@ -9,6 +6,8 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+
+from service.cli._common import REQUEST_SHAPES, CliError, one_line
 
 __all__ = ["add_commands"]
 
@@ -25,9 +24,7 @@ def _plan_and_criteria(args: argparse.Namespace):
 
 
 def _fail(args: argparse.Namespace, e: Exception) -> Exception:
-    from service.cli import _one_line
-
-    return args.cli_error(_one_line(e))
+    return CliError(one_line(e))
 
 
 def _cmd_capacity(args: argparse.Namespace) -> None:
@@ -56,12 +53,12 @@ def _cmd_capacity(args: argparse.Namespace) -> None:
     import platform
     from datetime import UTC, datetime
 
-    from service.bench import hardware_description
-    from service.capacity_search import CapacityRun, cpu_flags
+    from service._platform import cpu_flags, hardware_description
+    from service.capacity_search import CapacityRun
 
     run = CapacityRun(created_at=datetime.now(UTC), url=url, headers=headers, variant=args.variant,
                       hardware=hardware_description(), cpu_count=os.cpu_count() or 1, cpu_arch=platform.machine(),
-                      cpu_flags=cpu_flags(),
+                      cpu_flags=cpu_flags() or [],
                       shapes={k: SHAPES[k].description for k in results}, searches=results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(run.model_dump_json(indent=2) + "\n")
@@ -81,7 +78,7 @@ def _cmd_peers(args: argparse.Namespace) -> None:
 
     art = (args.artifacts or default_artifact_dir()).expanduser()
     if not (art / "pruned.onnx").is_file():
-        raise args.cli_error(f"no artifacts at {art}; build them with `twinserve prune --preset fast --out {art}`")
+        raise CliError(f"no artifacts at {art}; build them with `twinserve prune --preset fast --out {art}`")
     try:
         plan, slo = _plan_and_criteria(args)
         result = run_peers(artifacts=art, out_dir=args.out_dir, twinserve_url=args.twinserve_url,
@@ -114,10 +111,8 @@ def _search_arguments(p: argparse.ArgumentParser, max_total_s: float) -> None:
     g.add_argument("--min-achieved-ratio", type=float, default=0.95, help="answered/offered a probe must reach")
 
 
-def add_commands(sub, cli_error: type[Exception]) -> None:
-    """Add the verbs to ``sub``; they raise ``cli_error`` (the CLI's one-line error) on bad input.
-    Passed in rather than imported: under ``python -m service.cli`` the CLI module is ``__main__``."""
-    from service.loadgen import SHAPES
+def add_commands(sub) -> None:
+    shapes = list(REQUEST_SHAPES)
 
     ca = sub.add_parser(
         "capacity", help="open-loop capacity search of one endpoint: X_slo (writes results/capacity.{json,png})",
@@ -129,10 +124,10 @@ def add_commands(sub, cli_error: type[Exception]) -> None:
     ca.add_argument("--path", default="/v1/embeddings", help="embeddings endpoint under --url")
     ca.add_argument("--variant", choices=["dense", "pruned"], help="pin twinserve's variant (X-Variant)")
     ca.add_argument("--model", help="model name in the request body (default: twinserve-<variant>)")
-    ca.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=["1"], help="texts per request")
+    ca.add_argument("--shapes", nargs="+", choices=shapes, default=["1"], help="texts per request")
     ca.add_argument("--out", type=Path, default=Path("results") / "capacity.json")
     _search_arguments(ca, max_total_s=300.0)
-    ca.set_defaults(func=_cmd_capacity, cli_error=cli_error)
+    ca.set_defaults(func=_cmd_capacity)
 
     pe = sub.add_parser(
         "peers", help="twinserve vs infinity-emb on the same pruned graph, same search (writes results/peers/)",
@@ -145,7 +140,7 @@ def add_commands(sub, cli_error: type[Exception]) -> None:
     pe.add_argument("--twinserve-url", help="a running twinserve (loopback); default: start `twinserve serve`")
     pe.add_argument("--servers", nargs="+", choices=["infinity", "twinserve"], default=["infinity", "twinserve"],
                     help="which servers, in this order")
-    pe.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=["1", "8"], help="texts per request")
+    pe.add_argument("--shapes", nargs="+", choices=shapes, default=["1", "8"], help="texts per request")
     pe.add_argument("--peer-venv", type=Path, default=Path(".venv-peers"), help="infinity's environment")
     pe.add_argument("--infinity-threads", type=int, help="infinity's ONNX Runtime intra-op threads (default: all CPUs)")
     pe.add_argument("--infinity-nice", type=int, default=0,
@@ -153,4 +148,4 @@ def add_commands(sub, cli_error: type[Exception]) -> None:
                          "share when other work runs on the machine (default: %(default)s)")
     pe.add_argument("--out-dir", type=Path, default=Path("results") / "peers")
     _search_arguments(pe, max_total_s=240.0)
-    pe.set_defaults(func=_cmd_peers, cli_error=cli_error)
+    pe.set_defaults(func=_cmd_peers)
