@@ -25,9 +25,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-# Re-exported for service/serving/_overhead.py only (not ours to edit in the structure change);
-# everything else imports it from service._platform. Drop it once serving does too.
-from service._platform import hardware_description  # noqa: F401
+from service._platform import hardware_description
 
 __all__ = ["BenchCell", "BenchResult", "interleaved_latency", "run_bench"]
 

@@ -26,13 +26,9 @@ class Backend(ABC):
     precision: str = "fp32"
     runtime: str  # onnxruntime | openvino | torch
 
-    def __init__(self, artifact_dir: str | Path, *, threads: int | None = None, truncate: bool = True):
-        # Texts over the manifest's max_tokens are always cut (the ingress applies its own limit
-        # before a backend sees them). ``truncate`` stays only because service/serving/deployments.py
-        # passes ``truncate=True``; drop it there, then here.
-        if not truncate:
-            raise ValueError("backends always truncate to the manifest's max_tokens; the ingress rejects "
-                             "over-long inputs itself (ServingConfig.over_token_limit)")
+    def __init__(self, artifact_dir: str | Path, *, threads: int | None = None):
+        # Texts over the manifest's max_tokens are always cut (the ingress applies its own limit,
+        # reject or truncate, before a backend sees them).
         self.artifact_dir = Path(artifact_dir)
         self.threads = threads
         self.tokenizer: TextTokenizer | None = None

@@ -26,7 +26,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from service._net import free_port
+from service._platform import free_port
 
 MODEL = "twinserve-pruned"  # pinned: the CPU variant's own capacity, no fallback to dense
 
@@ -46,8 +46,8 @@ def measure(artifacts: Path, rates: dict[str, list[float]], edges: list[tuple[in
     import ray
     from ray import serve
 
-    from service._net import wait_ready
-    from service.bench import hardware_description
+    from service._platform import wait_ready
+    from service._platform import hardware_description
     from service.capacity_search import SearchPlan, SloCriteria, http_probe
     from service.loadgen import SHAPES
     from service.serving.app import build_app

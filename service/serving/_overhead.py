@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from service._net import free_port
+from service._platform import free_port
 
 TEXT = "How long does one request spend outside the model?"
 
@@ -92,8 +92,8 @@ def measure(artifacts: Path, runs: int, waits: list[float], edge: bool) -> Overh
     import httpx
     from ray import serve
 
-    from service._net import wait_ready
-    from service.bench import hardware_description
+    from service._platform import wait_ready
+    from service._platform import hardware_description
     from service.model.backends import cpu_variant_backend
     from service.serving.app import build_app
     from service.serving.schemas import EmbeddingRequest, embedding_response
@@ -221,7 +221,7 @@ def capacity(artifacts: Path, batches: list[int], seconds: float, rounds: int, c
 
     from ray import serve
 
-    from service._net import wait_ready
+    from service._platform import wait_ready
     from service.model.backends import cpu_variant_backend
     from service.serving.app import build_app
     from service.serving.config import ServingConfig

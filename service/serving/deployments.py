@@ -48,7 +48,7 @@ class Dense:
         if not torch.cuda.is_available():
             log.warning("twinserve dense variant: no GPU visible (num_gpus=%s), running on CPU in fp32",
                         config.num_gpus)
-        self.backend = TorchBackend(Path(artifact_dir), threads=max(1, int(config.num_cpus)), truncate=True)
+        self.backend = TorchBackend(Path(artifact_dir), threads=max(1, int(config.num_cpus)))
         self.backend.load()  # verifies the manifest's sha256 of every file it reads; raises on a mismatch
         self.embed.set_max_batch_size(config.max_batch_size)
         self.embed.set_batch_wait_timeout_s(config.batch_wait_timeout_s)

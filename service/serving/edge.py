@@ -260,7 +260,7 @@ def ray_haproxy_environment() -> dict[str, str]:
     too, twice at most (``option redispatch`` picks another replica), and the client never sees
     the crash. Values already in the environment win.
     """
-    from service._net import free_port
+    from service._platform import free_port
 
     env = {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
@@ -286,7 +286,7 @@ def serve_http(host: str, port: int, edge: EdgeConfig | None, *, edge_metrics_po
     """
     from ray import serve
 
-    from service._net import free_port
+    from service._platform import free_port
 
     if edge is None:
         serve.start(http_options={"host": host, "port": port})

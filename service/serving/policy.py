@@ -19,10 +19,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from service.serving.config import VARIANTS, RoutingConfig, Weights
-from service.serving.schemas import InputError, RoutingUpdate
+
+if TYPE_CHECKING:
+    from service.serving.schemas import RoutingUpdate
 
 __all__ = [
     "updated_routing",
@@ -155,6 +157,8 @@ async def dispatch(route: Route, call: Callable[[Variant], Awaitable[T]],
 def updated_routing(current: RoutingConfig, update: RoutingUpdate) -> RoutingConfig:
     """The routing after an admin ``PUT``: the fields ``update`` gives replace ``current``'s; one weight
     given implies the other. Raises ``InputError`` (unknown variant) or pydantic's ``ValidationError``."""
+    from service.serving.schemas import InputError  # schemas imports numpy; the policy stays light
+
     new = current.model_dump()
     if update.weights is not None:
         w = dict(update.weights)

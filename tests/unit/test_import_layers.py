@@ -27,7 +27,6 @@ PACKAGE = ROOT / "service"
 # Layer of a module: the longest prefix listed wins. Higher numbers sit higher.
 LAYERS: dict[str, int] = {
     "service._platform": 0,
-    "service._net": 0,  # re-exports service._platform for service/serving until it imports _platform itself
     "service": 1,  # the package's own __init__
     "service.model": 1,
     "service.settings": 1,
