@@ -134,7 +134,7 @@ def run_bench(
     from tqdm import tqdm
 
     from service.model.onnx_runtime import make_session, run_session
-    from service.pruning.manifest import verify_artifacts
+    from service.artifacts.manifest import verify_artifacts
 
     manifest = verify_artifacts(artifact_dir)
     threads = threads or os.cpu_count() or 1

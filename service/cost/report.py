@@ -259,7 +259,7 @@ def _sha256(path: Path) -> str:
 
 
 def _manifest(path: Path):
-    from service.pruning.manifest import ArtifactIntegrityError, load_manifest
+    from service.artifacts.manifest import ArtifactIntegrityError, load_manifest
 
     try:
         return load_manifest(path if path.is_dir() else path.parent)

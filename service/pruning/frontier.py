@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from service.pruning.manifest import Manifest
+from service.artifacts.manifest import Manifest
 
 __all__ = ["FrontierPoint", "measure_frontier", "render_candidates", "render_frontier"]
 
@@ -48,7 +48,7 @@ def measure_frontier(artifact_dirs: list[Path], runs: int = 10, threads: int | N
 
     from service.bench import hardware_description, interleaved_latency
     from service.model.onnx_runtime import make_session, run_session
-    from service.pruning.manifest import verify_artifacts
+    from service.artifacts.manifest import verify_artifacts
 
     threads = threads or os.cpu_count() or 1
     labels = [d.name for d in artifact_dirs]

@@ -37,7 +37,7 @@ from service.pruning.criteria import get_criterion
 from service.pruning.distill import DistillLoss, distill
 from service.pruning.export import export_onnx, export_openvino, fused_ops, quantize_int8
 from service.pruning.fidelity import fidelity
-from service.pruning.manifest import (
+from service.artifacts.manifest import (
     ArtifactIntegrityError,
     CandidateMeasurement,
     CorpusInfo,

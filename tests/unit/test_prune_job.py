@@ -22,7 +22,7 @@ from service.model.tokenizer import TextTokenizer
 from service.pruning import export as export_module
 from service.pruning import job as job_module
 from service.pruning.export import export_onnx, fused_ops, quantize_int8
-from service.pruning.manifest import ArtifactIntegrityError, Manifest, load_manifest, verify_artifacts
+from service.artifacts.manifest import ArtifactIntegrityError, Manifest, load_manifest, verify_artifacts
 from tests.conftest import TINY_PRUNE
 
 REQUIRED_FILES = {"manifest.json", "tokenizer.json", "dense.onnx", "pruned.onnx", "frontier.md", "frontier.png",

@@ -25,9 +25,12 @@ __all__ = [
     "LatencyRow",
     "Manifest",
     "VariantInfo",
+    "MANIFEST_FILE",
     "file_sha256",
+    "hash_directory",
     "load_manifest",
     "verify_artifacts",
+    "write_manifest",
 ]
 
 MANIFEST_FILE = "manifest.json"
