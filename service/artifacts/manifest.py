@@ -35,6 +35,9 @@ __all__ = [
 
 MANIFEST_FILE = "manifest.json"
 SCHEMA_VERSION = 1
+# Bookkeeping at the top of a version directory, never part of the artifacts (nor hashed): the
+# build's lock, the serving processes' leases, an explicit pin (service.artifacts.versions).
+BOOKKEEPING = frozenset({".build.lock", ".leases", ".pinned"})
 
 
 class ArtifactIntegrityError(RuntimeError):
@@ -161,11 +164,12 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def hash_directory(root: Path) -> dict[str, str]:
-    """sha256 of every regular file under ``root`` except the manifest, keyed by relative path."""
+    """sha256 of every regular file under ``root`` except the manifest and the bookkeeping, keyed by
+    relative path."""
     return {
         p.relative_to(root).as_posix(): file_sha256(p)
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != MANIFEST_FILE
+        if p.is_file() and p.name != MANIFEST_FILE and p.relative_to(root).parts[0] not in BOOKKEEPING
     }
 
 

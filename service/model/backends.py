@@ -34,8 +34,9 @@ class Backend(ABC):
         self.manifest = None
 
     def load(self) -> None:
-        from service.artifacts.manifest import verify_artifacts
+        from service.artifacts import hold, verify_artifacts
 
+        hold(self.artifact_dir)  # a lease on the version this process loads: gc keeps it while we run
         self.manifest = verify_artifacts(self.artifact_dir, only=self._files())
         self.tokenizer = TextTokenizer(self.artifact_dir / self.manifest.tokenizer_file, self.manifest.max_tokens)
         self._load()

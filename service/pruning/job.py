@@ -1,9 +1,10 @@
 """``twinserve prune``: score -> remove -> distil (repeat on a cubic schedule) -> export ->
 quantise -> verify -> publish.
 
-Publishing is atomic: everything is built in a temporary sibling directory; on success it
-is renamed to a versioned sibling and the output path, a symbolic link, is switched to it
-with one ``rename`` (``os.replace``). A crash at any point leaves the last published
+Publishing is :mod:`service.artifacts`' job: the build happens in a locked temporary sibling
+directory; on success it is fsynced, renamed to a versioned sibling, and the output path (a
+symbolic link) is switched to it with one ``os.replace``; the newest ``keep_versions`` versions
+and every version a server holds are kept. A crash at any point leaves the last published
 artifacts as they were, and a half-built directory is never at the output path.
 """
 
@@ -17,6 +18,7 @@ import random
 import shutil
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from functools import partial
@@ -25,18 +27,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.bench import hardware_description, interleaved_latency
-from service.model.encoder import Encoder, ModelLoadError, load_encoder, save_encoder
-from service.model.onnx_runtime import make_session, run_session
-from service.model.openvino_runtime import OpenVinoModel, cpu_flags, precision_hint
-from service.model.openvino_runtime import available as openvino_available
-from service.model.tokenizer import TextTokenizer
-from service.pruning.config import PruneConfig
-from service.pruning.corpus import Corpus, load_corpus
-from service.pruning.criteria import get_criterion
-from service.pruning.distill import DistillLoss, distill
-from service.pruning.export import export_onnx, export_openvino, fused_ops, quantize_int8
-from service.pruning.fidelity import fidelity
 from service.artifacts.manifest import (
     ArtifactIntegrityError,
     CandidateMeasurement,
@@ -50,6 +40,19 @@ from service.artifacts.manifest import (
     verify_artifacts,
     write_manifest,
 )
+from service.artifacts.publish import DEFAULT_KEEP_VERSIONS, PublishError, building, publish, remove_orphans
+from service.bench import hardware_description, interleaved_latency
+from service.model.encoder import Encoder, ModelLoadError, load_encoder, save_encoder
+from service.model.onnx_runtime import make_session, run_session
+from service.model.openvino_runtime import OpenVinoModel, cpu_flags, precision_hint
+from service.model.openvino_runtime import available as openvino_available
+from service.model.tokenizer import TextTokenizer
+from service.pruning.config import PruneConfig
+from service.pruning.corpus import Corpus, load_corpus
+from service.pruning.criteria import get_criterion
+from service.pruning.distill import DistillLoss, distill
+from service.pruning.export import export_onnx, export_openvino, fused_ops, quantize_int8
+from service.pruning.fidelity import fidelity
 from service.pruning.schedule import cubic_sparsity, layers_to_drop, plan_step
 from service.pruning.select import meets_floor, select_cpu_variant
 from service.pruning.surgery import prune_encoder
@@ -84,7 +87,7 @@ def _check_output_writable(out: Path) -> None:
     parent = out.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        probe = parent / f".{out.name}.probe-{os.getpid()}"
+        probe = parent / f".{out.name}.probe-{uuid.uuid4().hex}"
         probe.write_text("")
         probe.unlink()
     except OSError as e:
@@ -200,45 +203,6 @@ class PruneResult:
         self.out, self.manifest, self.reused = out, manifest, reused
 
 
-def _remove_orphans(out: Path) -> None:
-    """Build directories and link files left by a job that was killed (SIGKILL, OOM, power): their
-    process is gone. The published link and what it points to are never touched."""
-    for p in out.parent.glob(f".{out.name}.*-*"):
-        kind, _, pid = p.name[len(out.name) + 2:].rpartition("-")
-        if kind in ("tmp", "link") and pid.isdigit() and not _alive(int(pid)):
-            _say(f"removing {p.name}, left by an interrupted job (process {pid})")
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _publish(tmp: Path, out: Path, fingerprint: str) -> None:
-    """Rename the finished build next to ``out`` and swing the ``out`` link to it atomically."""
-    final = out.parent / f".{out.name}-{time.strftime('%Y%m%d-%H%M%S')}-{fingerprint[:8]}"
-    os.rename(tmp, final)
-    previous = out.resolve() if out.is_symlink() else None
-    if out.exists() and not out.is_symlink():
-        # A plain directory from an older layout: move it aside first (not atomic, once only).
-        os.rename(out, out.parent / f".{out.name}-legacy-{int(time.time())}")
-    link = out.parent / f".{out.name}.link-{os.getpid()}"
-    link.unlink(missing_ok=True)
-    link.symlink_to(final.name)
-    os.replace(link, out)
-    if previous is not None and previous != final and previous.parent == out.parent:
-        shutil.rmtree(previous, ignore_errors=True)
-
-
 def run_prune(
     model_dir: Path,
     out: Path,
@@ -248,6 +212,7 @@ def run_prune(
     preset_name: str = "custom",
     force: bool = False,
     name: str | None = None,
+    keep_versions: int = DEFAULT_KEEP_VERSIONS,
 ) -> PruneResult:
     t_start = time.time()
     threads = cfg.threads or os.cpu_count() or 1
@@ -271,7 +236,10 @@ def run_prune(
         "job": JOB_VERSION, "model": model_sha256, "corpus": corpus.sha256,
         "config": cfg.model_dump(mode="json", exclude={"threads", "latency_runs"}),
     }, sort_keys=True).encode()).hexdigest()
-    _remove_orphans(out)
+    try:
+        remove_orphans(out)
+    except PublishError as e:
+        raise PruneError(str(e)) from None
     if not force and (out / "manifest.json").is_file():
         try:
             published = verify_artifacts(out)
@@ -281,16 +249,13 @@ def run_prune(
         except ArtifactIntegrityError as e:
             _say(f"published artifacts fail verification ({e}); rebuilding")
 
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with building(out) as tmp:
         manifest = _build(teacher, model_dir, model_sha256, tmp, cfg, corpus, fingerprint, preset_name, threads,
                           t_start, name or out.name)
-        _publish(tmp, out, fingerprint)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        try:
+            publish(tmp, out, fingerprint, keep_versions=keep_versions)
+        except PublishError as e:
+            raise PruneError(str(e)) from None
     return PruneResult(out, manifest, reused=False)
 
 
