@@ -114,7 +114,7 @@ def _batches(texts: list[str], tok: TextTokenizer, batch_size: int, seed: int) -
             chunk = [texts[j] for j in order[start : start + pool]]
             lengths = tok.count(chunk)
             chunk = [chunk[i] for i in sorted(range(len(chunk)), key=lengths.__getitem__)]
-            groups = [chunk[i : i + batch_size] for i in range(0, len(chunk) - batch_size + 1, batch_size)]
+            groups = [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]  # the remainder too
             rng.shuffle(groups)
             for group in groups:
                 b = tok(group, truncate=True)
