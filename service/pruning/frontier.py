@@ -46,9 +46,9 @@ def measure_frontier(artifact_dirs: list[Path], runs: int = 10, threads: int | N
     """One interleaved latency run: the first directory's dense graph and every point's pruned graph."""
     import os
 
+    from service.artifacts.manifest import verify_artifacts
     from service.bench import hardware_description, interleaved_latency
     from service.model.onnx_runtime import make_session, run_session
-    from service.artifacts.manifest import verify_artifacts
 
     threads = threads or os.cpu_count() or 1
     labels = [d.name for d in artifact_dirs]

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from service.artifacts.manifest import CorpusInfo, Fidelity, LatencyRow, Manifest, VariantInfo
 from service.bench import BenchCell, BenchResult
 from service.capacity_search import (
     CapacityRun,
@@ -36,7 +37,6 @@ from service.cost.model import Offer, crossover
 from service.cost.prices import load_prices
 from service.cost.report import Report, ReportConfig, ReportError, build_report, query_shadow_agreement, write_report
 from service.model.encoder import LayerShape
-from service.artifacts.manifest import CorpusInfo, Fidelity, LatencyRow, Manifest, VariantInfo
 
 REPO = Path(__file__).resolve().parents[2]
 PRICES = REPO / "deploy" / "prices.yaml"
