@@ -40,7 +40,7 @@ from service.artifacts.manifest import (
     verify_artifacts,
     write_manifest,
 )
-from service.artifacts.publish import DEFAULT_KEEP_VERSIONS, PublishError, building, publish, remove_orphans
+from service.artifacts.publishing import DEFAULT_KEEP_VERSIONS, PublishError, building, publish, remove_orphans
 from service.bench import hardware_description, interleaved_latency
 from service.model.encoder import Encoder, ModelLoadError, load_encoder, save_encoder
 from service.model.onnx_runtime import make_session, run_session
