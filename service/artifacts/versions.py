@@ -213,6 +213,16 @@ _lock = threading.Lock()
 _refresher: threading.Thread | None = None
 
 
+def _after_fork_in_child() -> None:
+    """A forked child inherits the registry, not the leases: it must neither refresh nor remove them."""
+    global _lock, _refresher
+    _held.clear()
+    _lock, _refresher = threading.Lock(), None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def hold(artifact_dir: str | Path, *, refresh: bool = True) -> Path | None:
     """Lease the version ``artifact_dir`` resolves to for as long as this process runs; return the lease
     file. A directory that is not a published version (a copy, a fixture) needs none: None. A

@@ -154,6 +154,16 @@ def test_a_replica_restarting_after_two_publishes_loads_the_version_its_server_r
     assert verify_artifacts(resolved).fingerprint == verify_artifacts(tiny_artifacts).fingerprint
 
 
+def test_a_forked_child_leaves_its_parents_lease_alone(out):
+    lease = hold(publish_fake(out, "abab0001"), refresh=False)
+    pid = os.fork()
+    if pid == 0:  # the child's exit (atexit runs release) must not remove the parent's lease
+        release()
+        os._exit(0)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert lease.exists()
+
+
 def test_hold_ignores_a_directory_that_is_not_a_published_version(tmp_path):
     plain = tmp_path / "copy"
     plain.mkdir()
