@@ -124,8 +124,8 @@ def run_bench(
     (``cpu-variant``, e.g. OpenVINO INT8), and optionally the torch dense backend, side by side."""
     from tqdm import tqdm
 
+    from service.artifacts.manifest import verify_artifacts
     from service.model.onnx_runtime import make_session, run_session
-    from service.pruning.manifest import verify_artifacts
 
     manifest = verify_artifacts(artifact_dir)
     threads = threads or os.cpu_count() or 1

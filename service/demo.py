@@ -102,9 +102,9 @@ def demo_plan(start_rps: float, budget_s: float):
 
 
 def ensure_artifacts(art: Path | None, preset_name: str | None, say: Callable[[str], None]) -> Path:
+    from service.artifacts.manifest import MANIFEST_FILE, verify_artifacts
     from service.pruning.config import preset
     from service.pruning.job import run_prune
-    from service.pruning.manifest import MANIFEST_FILE, verify_artifacts
     from service.settings import default_artifact_dir, default_model_dir
 
     art = (art or default_artifact_dir()).expanduser()

@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     api_key_rate_rps: PositiveFloat | None = Field(
         None, description="requests per second per API key and ingress replica (token bucket); unset: no limit")
     api_key_burst: PositiveInt = Field(10, description="token bucket depth per API key, requests")
+    artifact_lease_ttl_s: PositiveFloat = Field(
+        600.0, description="a serving process's lease on the artifact version it loaded counts as a pin for this "
+                           "long after its last refresh (every 60 s); `twinserve artifacts gc` and publishing honour it")
 
 
 def default_model_dir() -> Path:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from service.cli import capacity, cost, demo, prune, serve
+from service.cli import artifacts, capacity, cost, demo, prune, serve
 from service.cli._common import REQUEST_SHAPES, RELIABILITY_SCENARIOS, CliError
 
 __all__ = ["CliError", "REQUEST_SHAPES", "RELIABILITY_SCENARIOS", "build_parser", "main"]
@@ -22,6 +22,7 @@ VERB_GROUPS = (
     capacity,  # capacity, peers
     serve,  # serve
     demo,  # demo, reliability
+    artifacts,  # artifacts list | gc | pin | unpin
 )
 
 
@@ -55,7 +56,8 @@ _USER_ERRORS = (
     ("service.pruning.job", "PruneError"),
     ("service.model.config", "ModelLoadError"),
     ("service.pruning.corpus", "CorpusError"),
-    ("service.pruning.manifest", "ArtifactIntegrityError"),
+    ("service.artifacts.manifest", "ArtifactIntegrityError"),
+    ("service.artifacts.publishing", "PublishError"),
 )
 
 

@@ -32,7 +32,10 @@ def _cmd_prune(args: argparse.Namespace) -> None:
         cfg = preset(args.preset, **overrides)
     except ValueError as e:
         raise CliError(str(e)) from None
-    result = run_prune(model_dir, out, cfg, corpus_path=args.corpus, preset_name=args.preset, force=args.force)
+    if args.keep_versions < 1:
+        raise CliError(f"--keep-versions must be at least 1 (the current version), got {args.keep_versions}")
+    result = run_prune(model_dir, out, cfg, corpus_path=args.corpus, preset_name=args.preset, force=args.force,
+                       keep_versions=args.keep_versions)
     m = result.manifest
     table = Table(title=f"twinserve prune: {m.name} ({m.config.get('preset')}, {m.criterion})")
     for col in ("variant", "precision", "layers", "heads", "FFN", "params", "GFLOP/tok@128", "mean cos",
@@ -125,6 +128,9 @@ def add_commands(sub) -> None:
     pr.add_argument("--threads", type=int)
     pr.add_argument("--seed", type=int)
     pr.add_argument("--force", action="store_true", help="rebuild even if the same inputs were published")
+    pr.add_argument("--keep-versions", type=int, default=3,
+                    help="published versions kept after publishing (default 3), besides any a running server "
+                         "leases or a person pinned (`twinserve artifacts`)")
     pr.set_defaults(func=_cmd_prune)
 
     be = sub.add_parser("bench", help="model-level latency of the variants, interleaved (writes results/bench.json)")

@@ -16,7 +16,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     import os
     import time
 
-    from service.pruning.manifest import MANIFEST_FILE, verify_artifacts
+    from service.artifacts.manifest import MANIFEST_FILE, verify_artifacts
     from service.serving.config import RoutingConfig, ServingConfig, VariantConfig
     from service.serving.edge import EdgeConfig, EdgeError, check_port_free, ray_haproxy_environment, serve_http
     from service.settings import default_artifact_dir

@@ -35,8 +35,9 @@ class Backend(ABC):
         self.manifest = None
 
     def load(self) -> None:
-        from service.pruning.manifest import verify_artifacts
+        from service.artifacts import hold, verify_artifacts
 
+        hold(self.artifact_dir)  # a lease on the version this process loads: gc keeps it while we run
         self.manifest = verify_artifacts(self.artifact_dir, only=self._files())
         self.tokenizer = TextTokenizer(self.artifact_dir / self.manifest.tokenizer_file, self.manifest.max_tokens)
         self._load()
@@ -78,7 +79,7 @@ class OnnxBackend(Backend):
         self._precision = precision
 
     def _info(self):
-        from service.pruning.manifest import load_manifest
+        from service.artifacts.manifest import load_manifest
 
         m = self.manifest or load_manifest(self.artifact_dir)
         return m.pruned if self.variant == "pruned" else m.dense
@@ -138,7 +139,7 @@ def cpu_variant_backend(artifact_dir: str | Path, *, threads: int | None) -> Bac
     ONNX Runtime, as it always did. Call :meth:`Backend.load` on the result. When the manifest says
     no pruned candidate met the fidelity floor, this logs a warning with the job's own words.
     """
-    from service.pruning.manifest import load_manifest
+    from service.artifacts.manifest import load_manifest
 
     manifest = load_manifest(artifact_dir)
     cv = manifest.cpu_variant

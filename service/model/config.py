@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
+from service.artifacts.manifest import LayerShape  # the contract records layer widths; the model builds them
+
 __all__ = ["EncoderConfig", "LayerShape", "ModelLoadError", "TWINSERVE_CONFIG_KEY"]
 
 TWINSERVE_CONFIG_KEY = "twinserve_layers"
@@ -15,16 +17,6 @@ TWINSERVE_CONFIG_KEY = "twinserve_layers"
 
 class ModelLoadError(ValueError):
     """A checkpoint directory that cannot be turned into an :class:`Encoder`."""
-
-
-class LayerShape(BaseModel):
-    """Width of one transformer layer."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    heads: PositiveInt = Field(description="attention heads kept in this layer")
-    ffn: PositiveInt = Field(description="FFN (intermediate) neurons kept in this layer")
-    source_index: int = Field(ge=0, description="index of this layer in the original dense model")
 
 
 class EncoderConfig(BaseModel):

@@ -241,4 +241,5 @@ def save_encoder(model: Encoder, out_dir: str | Path) -> list[Path]:
     weights = out_dir / WEIGHTS_FILE
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(weights), metadata={"format": "pt"})
+    weights.chmod(0o644)  # safetensors writes 0600; the serving container runs as another user (UID 10001)
     return [cfg_path, weights]

@@ -1,17 +1,13 @@
-"""The offline pruning job: config and presets, the artifact manifest, and ``run_prune``.
+"""The offline pruning job: config and presets, and ``run_prune``.
 
 Criteria, surgery, schedule, distillation and export are steps of ``run_prune`` and live in
-their own modules; the job (which needs torch) is imported on first use, so reading a
-manifest stays light.
+their own modules; the job (which needs torch) is imported on first use. The artifact contract
+(manifest, hashes, publishing) is :mod:`service.artifacts`.
 """
 
 from service.pruning.config import PRESETS, PruneConfig, preset
-from service.pruning.manifest import ArtifactIntegrityError, Manifest, load_manifest, verify_artifacts
 
-__all__ = [
-    "PRESETS", "ArtifactIntegrityError", "Manifest", "PruneConfig", "PruneError", "load_manifest", "preset",
-    "run_prune", "verify_artifacts",
-]
+__all__ = ["PRESETS", "PruneConfig", "PruneError", "preset", "run_prune"]
 _JOB = {"PruneError", "run_prune"}
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.pruning.manifest import Fidelity
+from service.artifacts.manifest import Fidelity
 
 __all__ = ["fidelity", "recall_at_k"]
 

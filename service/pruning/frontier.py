@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from service.pruning.manifest import Manifest
+from service.artifacts.manifest import Manifest
 
 __all__ = ["FrontierPoint", "measure_frontier", "render_candidates", "render_frontier"]
 
@@ -47,9 +47,9 @@ def measure_frontier(artifact_dirs: list[Path], runs: int = 10, threads: int | N
     import os
 
     from service._platform import hardware_description
+    from service.artifacts.manifest import verify_artifacts
     from service.bench import interleaved_latency
     from service.model.onnx_runtime import make_session, run_session
-    from service.pruning.manifest import verify_artifacts
 
     threads = threads or os.cpu_count() or 1
     labels = [d.name for d in artifact_dirs]

@@ -1,9 +1,10 @@
 """``twinserve prune``: score -> remove -> distil (repeat on a cubic schedule) -> export ->
 quantise -> verify -> publish.
 
-Publishing is atomic: everything is built in a temporary sibling directory; on success it
-is renamed to a versioned sibling and the output path, a symbolic link, is switched to it
-with one ``rename`` (``os.replace``). A crash at any point leaves the last published
+Publishing is :mod:`service.artifacts`' job: the build happens in a locked temporary sibling
+directory; on success it is fsynced, renamed to a versioned sibling, and the output path (a
+symbolic link) is switched to it with one ``os.replace``; the newest ``keep_versions`` versions
+and every version a server holds are kept. A crash at any point leaves the last published
 artifacts as they were, and a half-built directory is never at the output path.
 """
 
@@ -17,6 +18,7 @@ import random
 import shutil
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from functools import partial
@@ -26,19 +28,7 @@ import numpy as np
 import torch
 
 from service._platform import cpu_flags, hardware_description
-from service.bench import interleaved_latency
-from service.model.encoder import Encoder, ModelLoadError, load_encoder, save_encoder
-from service.model.onnx_runtime import make_session, run_session
-from service.model.openvino_runtime import OpenVinoModel, precision_hint
-from service.model.openvino_runtime import available as openvino_available
-from service.model.tokenizer import TextTokenizer
-from service.pruning.config import PruneConfig
-from service.pruning.corpus import Corpus, load_corpus
-from service.pruning.criteria import get_criterion
-from service.pruning.distill import DistillLoss, distill
-from service.pruning.export import export_onnx, export_openvino, fused_ops, quantize_int8
-from service.pruning.fidelity import fidelity
-from service.pruning.manifest import (
+from service.artifacts.manifest import (
     ArtifactIntegrityError,
     CandidateMeasurement,
     CorpusInfo,
@@ -51,13 +41,26 @@ from service.pruning.manifest import (
     verify_artifacts,
     write_manifest,
 )
+from service.artifacts.publishing import DEFAULT_KEEP_VERSIONS, PublishError, building, publish, remove_orphans
+from service.bench import interleaved_latency
+from service.model.encoder import Encoder, ModelLoadError, load_encoder, save_encoder
+from service.model.onnx_runtime import make_session, run_session
+from service.model.openvino_runtime import OpenVinoModel, precision_hint
+from service.model.openvino_runtime import available as openvino_available
+from service.model.tokenizer import TextTokenizer
+from service.pruning.config import PruneConfig
+from service.pruning.corpus import Corpus, load_corpus
+from service.pruning.criteria import get_criterion
+from service.pruning.distill import DistillLoss, distill
+from service.pruning.export import export_onnx, export_openvino, fused_ops, quantize_int8
+from service.pruning.fidelity import fidelity
 from service.pruning.schedule import cubic_sparsity, layers_to_drop, plan_step
 from service.pruning.select import meets_floor, select_cpu_variant
 from service.pruning.surgery import prune_encoder
 
 __all__ = ["PruneError", "PruneResult", "run_prune"]
 
-JOB_VERSION = "5"  # bump when the job's output changes for the same inputs
+JOB_VERSION = "6"  # bump when the job's output changes for the same inputs (6: training batches keep the remainder)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 LATENCY_CELLS = ((1, 16), (1, 128), (32, 32))
 REFERENCE = "dense-onnxruntime-fp32"  # what fidelity and speed-ups are measured against
@@ -85,7 +88,7 @@ def _check_output_writable(out: Path) -> None:
     parent = out.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        probe = parent / f".{out.name}.probe-{os.getpid()}"
+        probe = parent / f".{out.name}.probe-{uuid.uuid4().hex}"
         probe.write_text("")
         probe.unlink()
     except OSError as e:
@@ -112,7 +115,7 @@ def _batches(texts: list[str], tok: TextTokenizer, batch_size: int, seed: int) -
             chunk = [texts[j] for j in order[start : start + pool]]
             lengths = tok.count(chunk)
             chunk = [chunk[i] for i in sorted(range(len(chunk)), key=lengths.__getitem__)]
-            groups = [chunk[i : i + batch_size] for i in range(0, len(chunk) - batch_size + 1, batch_size)]
+            groups = [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]  # the remainder too
             rng.shuffle(groups)
             for group in groups:
                 b = tok(group)
@@ -201,45 +204,6 @@ class PruneResult:
         self.out, self.manifest, self.reused = out, manifest, reused
 
 
-def _remove_orphans(out: Path) -> None:
-    """Build directories and link files left by a job that was killed (SIGKILL, OOM, power): their
-    process is gone. The published link and what it points to are never touched."""
-    for p in out.parent.glob(f".{out.name}.*-*"):
-        kind, _, pid = p.name[len(out.name) + 2:].rpartition("-")
-        if kind in ("tmp", "link") and pid.isdigit() and not _alive(int(pid)):
-            _say(f"removing {p.name}, left by an interrupted job (process {pid})")
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _publish(tmp: Path, out: Path, fingerprint: str) -> None:
-    """Rename the finished build next to ``out`` and swing the ``out`` link to it atomically."""
-    final = out.parent / f".{out.name}-{time.strftime('%Y%m%d-%H%M%S')}-{fingerprint[:8]}"
-    os.rename(tmp, final)
-    previous = out.resolve() if out.is_symlink() else None
-    if out.exists() and not out.is_symlink():
-        # A plain directory from an older layout: move it aside first (not atomic, once only).
-        os.rename(out, out.parent / f".{out.name}-legacy-{int(time.time())}")
-    link = out.parent / f".{out.name}.link-{os.getpid()}"
-    link.unlink(missing_ok=True)
-    link.symlink_to(final.name)
-    os.replace(link, out)
-    if previous is not None and previous != final and previous.parent == out.parent:
-        shutil.rmtree(previous, ignore_errors=True)
-
-
 def run_prune(
     model_dir: Path,
     out: Path,
@@ -249,6 +213,7 @@ def run_prune(
     preset_name: str = "custom",
     force: bool = False,
     name: str | None = None,
+    keep_versions: int = DEFAULT_KEEP_VERSIONS,
 ) -> PruneResult:
     t_start = time.time()
     threads = cfg.threads or os.cpu_count() or 1
@@ -272,7 +237,10 @@ def run_prune(
         "job": JOB_VERSION, "model": model_sha256, "corpus": corpus.sha256,
         "config": cfg.model_dump(mode="json", exclude={"threads", "latency_runs"}),
     }, sort_keys=True).encode()).hexdigest()
-    _remove_orphans(out)
+    try:
+        remove_orphans(out)
+    except PublishError as e:
+        raise PruneError(str(e)) from None
     if not force and (out / "manifest.json").is_file():
         try:
             published = verify_artifacts(out)
@@ -282,16 +250,13 @@ def run_prune(
         except ArtifactIntegrityError as e:
             _say(f"published artifacts fail verification ({e}); rebuilding")
 
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with building(out) as tmp:
         manifest = _build(teacher, model_dir, model_sha256, tmp, cfg, corpus, fingerprint, preset_name, threads,
                           t_start, name or out.name)
-        _publish(tmp, out, fingerprint)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        try:
+            publish(tmp, out, fingerprint, keep_versions=keep_versions)
+        except PublishError as e:
+            raise PruneError(str(e)) from None
     return PruneResult(out, manifest, reused=False)
 
 

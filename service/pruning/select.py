@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from service.pruning.manifest import CandidateMeasurement, Fidelity
+from service.artifacts.manifest import CandidateMeasurement, Fidelity
 
 __all__ = ["Selection", "meets_floor", "select_cpu_variant", "speed_score"]
 

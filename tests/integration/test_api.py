@@ -192,3 +192,18 @@ def test_unknown_paths_and_methods_answer_the_api_json_not_fastapi_detail(serve_
     assert "detail" not in body
     message = body["error"]["message"] if shape == "openai" else body["error"]
     assert path in message
+
+
+def test_every_replica_leases_the_version_it_serves(serve_app):
+    """The server resolved artifacts/<model> once; each replica that loaded that version holds a lease on
+    it, so a publish and gc while the application runs cannot remove the files a restarted replica needs."""
+    import os
+
+    from service.artifacts import list_versions
+
+    version = serve_app.artifact_dir.resolve()
+    (served,) = [v for v in list_versions(serve_app.artifact_dir) if v.path == version]
+    mine = f"pid {os.getpid()}"
+    replicas = {lease.holder for lease in served.leases if lease.fresh and not lease.holder.endswith(mine)}
+    assert len(replicas) >= 3, served.leases  # two ingress replicas (the CPU variant) and the dense one
+    assert served.held

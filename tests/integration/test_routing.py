@@ -168,7 +168,7 @@ def test_pinned_requests_are_shed_with_429_and_retry_after_never_fall_back(tight
 def test_altered_artifacts_refuse_to_start_with_a_clear_error(serve_app, tmp_path):
     from ray import serve
 
-    from service.pruning.manifest import load_manifest
+    from service.artifacts.manifest import load_manifest
     from service.serving.config import ServingConfig
     from service.serving.deployments import Dense
     from service.serving.router import Router

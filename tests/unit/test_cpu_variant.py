@@ -9,10 +9,10 @@ import shutil
 import numpy as np
 import pytest
 
-from service.model.backends import OnnxBackend, OpenVinoBackend, TorchBackend, cpu_variant_backend
 from service._platform import parse_cpu_flags
+from service.artifacts.manifest import CandidateMeasurement, Fidelity, hash_directory, load_manifest, write_manifest
+from service.model.backends import OnnxBackend, OpenVinoBackend, TorchBackend, cpu_variant_backend
 from service.model.openvino_runtime import precision_hint
-from service.pruning.manifest import CandidateMeasurement, Fidelity, hash_directory, load_manifest, write_manifest
 from service.pruning.select import meets_floor, select_cpu_variant, speed_score
 
 TEXTS = ["a short one", "the cat sat on the mat while it rained outside", "how do I reset my password?",

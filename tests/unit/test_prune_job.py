@@ -15,6 +15,7 @@ import onnx
 import pytest
 import torch
 
+from service.artifacts.manifest import BOOKKEEPING, ArtifactIntegrityError, Manifest, load_manifest, verify_artifacts
 from service.model import onnx_runtime
 from service.model.encoder import load_encoder
 from service.model.onnx_runtime import make_session, run_session
@@ -22,7 +23,6 @@ from service.model.tokenizer import TextTokenizer
 from service.pruning import export as export_module
 from service.pruning import job as job_module
 from service.pruning.export import export_onnx, fused_ops, quantize_int8
-from service.pruning.manifest import ArtifactIntegrityError, Manifest, load_manifest, verify_artifacts
 from tests.conftest import TINY_PRUNE
 
 REQUIRED_FILES = {"manifest.json", "tokenizer.json", "dense.onnx", "pruned.onnx", "frontier.md", "frontier.png",
@@ -31,7 +31,8 @@ REQUIRED_FILES = {"manifest.json", "tokenizer.json", "dense.onnx", "pruned.onnx"
 
 def check_artifact_contract(out: Path) -> Manifest:
     """DESIGN.md's artifact contract, shared with the e2e test on the real model."""
-    files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*")
+             if p.is_file() and p.relative_to(out).parts[0] not in BOOKKEEPING}  # not leases, pins, build lock
     assert REQUIRED_FILES <= files
     m = verify_artifacts(out)
     assert set(m.files) == files - {"manifest.json"}  # every file hashed
@@ -184,12 +185,12 @@ def test_sigkill_mid_build_leaves_the_published_artifacts_intact_and_servable(tm
         [sys.executable, "-m", "service.cli", "prune", "--model", str(tiny_model_dir), "--out", str(out),
          "--preset", "fast", "--heldout-texts", "64", "--final-distill-steps", "100000", "--force"],
         cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    building = out.parent / f".{out.name}.tmp-{proc.pid}"
     deadline = time.monotonic() + 240
-    while not (building / "tokenizer.json").is_file():  # the build has started writing
-        assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+    while not (started := [p for p in out.parent.glob(f".{out.name}.tmp-*") if (p / "tokenizer.json").is_file()]):
+        assert proc.poll() is None, proc.stdout.read().decode()[-2000:]  # the build has started writing
         assert time.monotonic() < deadline, "the build never started"
         time.sleep(0.2)
+    (building,) = started
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
     proc.stdout.close()
@@ -206,12 +207,20 @@ def test_sigkill_mid_build_leaves_the_published_artifacts_intact_and_servable(tm
     assert not building.exists()
 
 
-def test_rebuild_replaces_previous_version(tmp_path, tiny_model_dir):
+def test_rebuild_publishes_a_new_version_and_keeps_the_last_k(tmp_path, tiny_model_dir):
     out = tmp_path / "tiny"
     job_module.run_prune(tiny_model_dir, out, TINY_PRUNE)
     first_target = out.resolve()
     job_module.run_prune(tiny_model_dir, out, TINY_PRUNE, force=True)
-    assert out.resolve() != first_target and not first_target.exists()
+    assert out.resolve() != first_target and first_target.is_dir()  # the previous version is kept (K = 3)
+    verify_artifacts(out)
+    verify_artifacts(first_target)
+    job_module.run_prune(tiny_model_dir, out, TINY_PRUNE, force=True, keep_versions=1)
+    assert not first_target.exists()
+    assert [p.resolve() for p in tmp_path.iterdir() if p.name.startswith(".tiny-")] == [out.resolve()]
+    weights = out / "pruned" / "model.safetensors"
+    assert weights.stat().st_mode & 0o777 == 0o644  # world-readable: the container runs as UID 10001
+    assert out.resolve().stat().st_mode & 0o777 == 0o755
     verify_artifacts(out)
 
 

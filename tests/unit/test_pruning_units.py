@@ -185,9 +185,12 @@ def test_training_batches_group_texts_of_similar_length_and_lose_none():
     tok = TextTokenizer(minilm_dir() / "tokenizer.json", 64)
     rng = random.Random(0)
     batch_size = 8
-    texts = [" ".join(["word"] * rng.randint(1, 40)) for _ in range(batch_size * BUCKET_BATCHES)]
+    # Not a multiple of the pool (nor of the batch): a pool of 400, then 27 texts, 3 of them a short batch.
+    texts = [" ".join(["word"] * rng.randint(1, 40)) for _ in range(batch_size * BUCKET_BATCHES + 3 * batch_size + 3)]
     gen = _batches(texts, tok, batch_size, seed=0)
-    masks = [next(gen)["attention_mask"].numpy() for _ in range(BUCKET_BATCHES)]  # one pass
+    masks = []
+    while sum(len(m) for m in masks) < len(texts):  # one pass
+        masks.append(next(gen)["attention_mask"].numpy())
     lengths = np.concatenate([m.sum(axis=1) for m in masks])
     assert sorted(lengths.tolist()) == sorted(tok.count(texts))
     padding = 1 - lengths.sum() / sum(m.size for m in masks)

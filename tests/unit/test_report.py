@@ -14,6 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from service.artifacts.manifest import CorpusInfo, Fidelity, LatencyRow, Manifest, VariantInfo
 from service.bench import BenchCell, BenchResult
 from service.capacity_search import (
     CapacityRun,
@@ -36,7 +37,6 @@ from service.cost.model import Offer, crossover
 from service.cost.prices import load_prices
 from service.cost.report import Report, ReportConfig, ReportError, build_report, query_shadow_agreement, write_report
 from service.model.encoder import LayerShape
-from service.pruning.manifest import CorpusInfo, Fidelity, LatencyRow, Manifest, VariantInfo
 
 REPO = Path(__file__).resolve().parents[2]
 PRICES = REPO / "deploy" / "prices.yaml"
@@ -454,7 +454,7 @@ def test_cli_report_reads_a_gpu_capacity_file(tmp_path, capsys):
 
 def test_pruned_fidelity_is_the_served_cpu_variants(tmp_path):
     """Job version 5 manifests name the CPU variant; the report shows its fidelity, not pruned.onnx's."""
-    from service.pruning.manifest import CandidateMeasurement, CpuVariant
+    from service.artifacts.manifest import CandidateMeasurement, CpuVariant
 
     d = _manifest(tmp_path)
     m = Manifest.model_validate_json((d / "manifest.json").read_text())

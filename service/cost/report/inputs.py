@@ -18,7 +18,7 @@ def sha256_file(path: Path) -> str:
 
 
 def read_manifest(path: Path):
-    from service.pruning.manifest import ArtifactIntegrityError, load_manifest
+    from service.artifacts.manifest import ArtifactIntegrityError, load_manifest
 
     try:
         return load_manifest(path if path.is_dir() else path.parent)

@@ -12,9 +12,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
-from service.model.config import LayerShape
 
 __all__ = [
     "ArtifactIntegrityError",
@@ -25,14 +24,30 @@ __all__ = [
     "LatencyRow",
     "Manifest",
     "VariantInfo",
+    "MANIFEST_FILE",
     "file_sha256",
+    "hash_directory",
     "load_manifest",
     "verify_artifacts",
+    "write_manifest",
 ]
 
 MANIFEST_FILE = "manifest.json"
 SCHEMA_VERSION = 1
+# Bookkeeping at the top of a version directory, never part of the artifacts (nor hashed): the
+# build's lock, the serving processes' leases, an explicit pin (service.artifacts.versions).
+BOOKKEEPING = frozenset({".build.lock", ".leases", ".pinned"})
 
+
+
+class LayerShape(BaseModel):
+    """Width of one transformer layer."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    heads: PositiveInt = Field(description="attention heads kept in this layer")
+    ffn: PositiveInt = Field(description="FFN (intermediate) neurons kept in this layer")
+    source_index: int = Field(ge=0, description="index of this layer in the original dense model")
 
 class ArtifactIntegrityError(RuntimeError):
     """A published artifact directory is missing, incomplete or altered."""
@@ -158,11 +173,12 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def hash_directory(root: Path) -> dict[str, str]:
-    """sha256 of every regular file under ``root`` except the manifest, keyed by relative path."""
+    """sha256 of every regular file under ``root`` except the manifest and the bookkeeping, keyed by
+    relative path."""
     return {
         p.relative_to(root).as_posix(): file_sha256(p)
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != MANIFEST_FILE
+        if p.is_file() and p.name != MANIFEST_FILE and p.relative_to(root).parts[0] not in BOOKKEEPING
     }
 
 
