@@ -9,7 +9,7 @@ APT_PACKAGES := wordnet-base fortunes prometheus
 MODEL_NAME := all-MiniLM-L6-v2
 ARTIFACTS := artifacts/$(MODEL_NAME)
 
-.PHONY: setup system-packages run prune bench demo reliability peers audit test test-unit clean image image-test gpu-bench
+.PHONY: setup system-packages run prune bench demo reliability peers audit test test-unit clean image image-test gpu-bench chart-files
 
 setup: system-packages $(STAMP)
 
@@ -87,6 +87,12 @@ image-test: $(ARTIFACTS)/manifest.json
 # `twinserve report` reads. INSTANCE=g5.xlarge names the instance; GPU_BENCH_ARGS passes more (--help).
 gpu-bench: setup
 	$(PY) scripts/gpu_bench.py $(if $(INSTANCE),--instance-type $(INSTANCE)) $(GPU_BENCH_ARGS)
+
+# The Helm chart's copies of deploy/grafana/twinserve-dashboard.json and deploy/prices.yaml (helm/twinserve/files/:
+# Helm reads only files inside the chart). Edit the deploy/ files, then run this; tests/unit/test_chart_files.py fails
+# on drift.
+chart-files:
+	$(PYTHON) scripts/chart_files.py
 
 test-unit: setup
 	$(PY) -m pytest tests/unit
