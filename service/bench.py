@@ -23,18 +23,17 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+
 
 from service._platform import hardware_description
+from service._schema import Strict
 
 __all__ = ["BenchCell", "BenchResult", "interleaved_latency", "run_bench"]
 
 Embed = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-class BenchCell(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class BenchCell(Strict):
     variant: str
     batch: int
     seq_len: int
@@ -45,9 +44,7 @@ class BenchCell(BaseModel):
     speedup_vs_dense: float | None = None
 
 
-class BenchResult(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class BenchResult(Strict):
     created_at: datetime
     artifact_dir: str
     hardware: str

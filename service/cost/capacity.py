@@ -23,9 +23,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from service._platform import feature_names
+from service._schema import Strict
 from service.capacity_search import CapacityRun, SearchResult
 from service.cost.loadtest import LoadTestResult
 from service.cost.model import usd_per_million
@@ -51,11 +52,8 @@ def normalise_arch(arch: str) -> str:
     return _ARCH.get(arch.lower(), arch)
 
 
-class Measurement(BaseModel):
+class Measurement(Strict):
     """X_slo of one variant as one load test measured it, with the hardware it ran on."""
-
-    model_config = ConfigDict(extra="forbid")
-
     variant: str
     x_slo_rps: float | None
     slo_p99_ms: float
@@ -77,9 +75,7 @@ class Measurement(BaseModel):
         return normalise_arch(v)
 
 
-class CapacityCell(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class CapacityCell(Strict):
     variant: str
     instance: str = Field(description="price row key (instance type, plus basis when not on-demand)")
     price_usd_per_hour: float

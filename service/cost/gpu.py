@@ -21,8 +21,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+from pydantic import Field, PositiveInt, ValidationError
 
+from service._schema import Strict
 from service.cost.capacity import Measurement, normalise_arch
 from service.cost.loadtest import LoadTestResult, SloCriteria
 
@@ -43,11 +44,7 @@ class GpuCapacityError(ValueError):
     """A GPU capacity file is missing, unreadable or not one."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class GpuCapacity(_Strict):
+class GpuCapacity(Strict):
     """X_slo of the dense variant on one GPU machine, with the hardware and the measurement behind it."""
 
     schema_version: Literal[1] = 1
@@ -110,7 +107,7 @@ def gpu_capacity_from_loadtest(result: LoadTestResult, path: str | Path, *, gpu_
         shares_machine_with_generator=s.shares_machine_with_generator, notes=list(sweep.notes) + list(result.notes))
 
 
-class BreakEven(_Strict):
+class BreakEven(Strict):
     """What the dense variant must reach on one GPU instance to match the CPU variant's cost per request."""
 
     gpu_instance: str

@@ -6,7 +6,9 @@ without importing torch (about a second and 200 MB per process).
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import ConfigDict, Field, PositiveInt
+
+from service._schema import Strict
 
 __all__ = ["EncoderConfig", "LayerShape", "ModelLoadError", "TWINSERVE_CONFIG_KEY"]
 
@@ -17,20 +19,20 @@ class ModelLoadError(ValueError):
     """A checkpoint directory that cannot be turned into an :class:`Encoder`."""
 
 
-class LayerShape(BaseModel):
+class LayerShape(Strict):
     """Width of one transformer layer."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
 
     heads: PositiveInt = Field(description="attention heads kept in this layer")
     ffn: PositiveInt = Field(description="FFN (intermediate) neurons kept in this layer")
     source_index: int = Field(ge=0, description="index of this layer in the original dense model")
 
 
-class EncoderConfig(BaseModel):
+class EncoderConfig(Strict):
     """Architecture of an encoder: BERT hyper-parameters plus per-layer widths."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
 
     vocab_size: PositiveInt
     hidden_size: PositiveInt

@@ -27,6 +27,7 @@ PACKAGE = ROOT / "service"
 # Layer of a module: the longest prefix listed wins. Higher numbers sit higher.
 LAYERS: dict[str, int] = {
     "service._platform": 0,
+    "service._schema": 0,  # the strict base model, load_json, the variants' names
     "service": 1,  # the package's own __init__
     "service.model": 1,
     "service.settings": 1,
