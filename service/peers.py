@@ -43,7 +43,7 @@ from service._infinity import (
     prepare_infinity_model,
     sha256_file,
 )
-from service._schema import Strict
+from service._schema import Strict, load_json
 from service.capacity_search import (
     CPU_FEATURES,
     ProbeResult,
@@ -310,4 +310,5 @@ def run_peers(*, artifacts: Path, out_dir: Path, twinserve_url: str | None = Non
 
 
 def load_peers(path: Path) -> PeerBenchResult:
-    return PeerBenchResult.model_validate(json.loads(Path(path).read_text()))
+    return load_json(path, PeerBenchResult, what="twinserve peer benchmark result",
+                     missing="`twinserve peers` (make peers) writes one")

@@ -21,9 +21,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, PositiveInt, ValidationError
+from pydantic import Field, PositiveInt
 
-from service._schema import Strict
+from service._schema import Strict, load_json
 from service.cost.capacity import Measurement, normalise_arch
 from service.cost.loadtest import LoadTestResult, SloCriteria
 
@@ -76,14 +76,8 @@ class GpuCapacity(Strict):
 
 
 def load_gpu_capacity(path: str | Path) -> GpuCapacity:
-    path = Path(path)
-    try:
-        return GpuCapacity.model_validate_json(path.read_text())
-    except FileNotFoundError:
-        raise GpuCapacityError(f"GPU capacity file {path} not found: `make gpu-bench` on a GPU machine writes "
-                               "one") from None
-    except (ValidationError, ValueError) as e:
-        raise GpuCapacityError(f"{path} is not a twinserve GPU capacity file: {e}") from None
+    return load_json(path, GpuCapacity, what="twinserve GPU capacity file", error=GpuCapacityError,
+                     missing="`make gpu-bench` on a GPU machine writes one")
 
 
 def gpu_capacity_from_loadtest(result: LoadTestResult, path: str | Path, *, gpu_count: int = 1,

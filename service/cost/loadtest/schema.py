@@ -6,9 +6,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 
-from service._schema import Strict
+from service._schema import Strict, load_json
 from service.capacity_search import SloCriteria
 
 
@@ -163,10 +163,5 @@ class RawRun(Strict):
 
 
 def load_loadtest(path: str | Path) -> LoadTestResult:
-    path = Path(path)
-    try:
-        return LoadTestResult.model_validate_json(path.read_text())
-    except FileNotFoundError:
-        raise LoadTestError(f"load-test results {path} not found: run `twinserve loadtest --sweep` first") from None
-    except (ValidationError, ValueError) as e:
-        raise LoadTestError(f"{path} is not a twinserve load-test result: {e}") from None
+    return load_json(path, LoadTestResult, what="twinserve load-test result", error=LoadTestError,
+                     missing="run `twinserve loadtest --sweep` first")

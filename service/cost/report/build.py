@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
+from service._schema import VARIANTS
 from service.capacity_search import CapacityRun, SearchResult
 from service.cost.capacity import (
     CapacityFileError,
@@ -25,15 +26,14 @@ from service.cost.report.schema import (
     BenchSummary,
     CostCell,
     Criteria,
-    Fidelity,
     InputFile,
     LiveShadow,
     Report,
     ReportConfig,
     ReportError,
     ShapeCapacity,
+    SourcedFidelity,
     StepSummary,
-    VARIANTS,
     VariantSummary,
 )
 
@@ -153,10 +153,9 @@ def build_report(
                     served = {c.name: c for c in m.frontier}.get(m.cpu_variant.candidate)
                     f = next(iter(served.fidelity.values())) if served is not None else f
                 variants[name].fidelity = (
-                    Fidelity(mean_cosine=1.0, p5_cosine=1.0, recall_at_10=1.0, n_texts=m.corpus.n_heldout,
-                             source=f"{mpath}: the dense model is the reference") if f is None else
-                    Fidelity(mean_cosine=f.mean_cosine, p5_cosine=f.p5_cosine, recall_at_10=f.recall_at_10,
-                             n_texts=f.n_texts, source=f"{mpath}: held-out {m.corpus.source} text"))
+                    SourcedFidelity(mean_cosine=1.0, p5_cosine=1.0, recall_at_10=1.0, n_texts=m.corpus.n_heldout,
+                                    source=f"{mpath}: the dense model is the reference") if f is None else
+                    SourcedFidelity(**f.model_dump(), source=f"{mpath}: held-out {m.corpus.source} text"))
     else:
         notes.append("no artifact manifest given (--manifest): offline fidelity is not shown")
 

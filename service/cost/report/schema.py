@@ -9,11 +9,12 @@ from pydantic import Field
 from service._schema import Strict
 from service.cost.capacity import CapacityCell, Measurement
 from service.cost.gpu import BreakEven
+from service.cost.model import Crossover
 from service.cost.prices import InstancePrice
+from service.pruning.manifest import Fidelity
 
 
 DEFAULT_SHADOW_METRIC = "ray_twinserve_shadow"
-VARIANTS = ("dense", "pruned")
 
 
 class ReportError(ValueError):
@@ -90,11 +91,9 @@ class ShapeCapacity(Strict):
     notes: list[str]
 
 
-class Fidelity(Strict):
-    mean_cosine: float
-    p5_cosine: float
-    recall_at_10: float
-    n_texts: int
+class SourcedFidelity(Fidelity):
+    """The manifest's fidelity of a variant, and the manifest it was read from."""
+
     source: str
 
 
@@ -123,7 +122,7 @@ class VariantSummary(Strict):
     generator_late_at_x_slo: bool | None = Field(description="the generator sent late (p99) at X_slo's confirm probe")
     steps: list[StepSummary] = Field(description="the probes of the costed shape's search")
     notes: list[str]
-    fidelity: Fidelity | None = Field(description="from the manifest: agreement with dense on held-out text")
+    fidelity: SourcedFidelity | None = Field(description="from the manifest: agreement with dense on held-out text")
     live_shadow: LiveShadow | None = Field(description="from Prometheus: live shadow agreement")
     other_measurements: list[Measurement] = Field(default_factory=list)
 
@@ -144,18 +143,10 @@ class FleetRow(Strict):
     usd_per_hour: dict[str, float] = Field(description="keys: dense, pruned (all traffic on it), split")
 
 
-class CrossoverInfo(Strict):
-    cheaper_at_scale: str | None
-    other: str | None
-    rate_rps: float | None
-    first_cheaper_rps: float | None
-    note: str
-
-
 class Fleet(Strict):
     utilisation: float
     choices: dict[str, FleetChoice]
-    crossover: CrossoverInfo | None
+    crossover: Crossover | None
     dense_share: float
     blended_usd_per_million_at_u: float | None = Field(description="A/B split at steady state (floors amortised)")
     blended_usd_per_million_at_u1: float | None
