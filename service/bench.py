@@ -24,22 +24,19 @@ from pathlib import Path
 
 import numpy as np
 
-
 from service._platform import hardware_description
 from service._schema import Strict
+from service.pruning.manifest import LatencyRow
 
 __all__ = ["BenchCell", "BenchResult", "interleaved_latency", "run_bench"]
 
 Embed = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-class BenchCell(Strict):
-    variant: str
-    batch: int
-    seq_len: int
-    median_ms: float
-    p90_ms: float
-    runs: int
+class BenchCell(LatencyRow):
+    """A latency row of the manifest's kind (variant, batch, sequence length, median and p90, runs) and what
+    follows from it."""
+
     texts_per_s: float
     speedup_vs_dense: float | None = None
 

@@ -12,7 +12,6 @@ import json
 from functools import partial
 from pathlib import Path
 
-
 from service._schema import Strict
 from service.pruning.manifest import Manifest
 

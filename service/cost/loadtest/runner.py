@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlparse
 
-
 from service._platform import ChildProcess
 from service._schema import load_json
 from service.capacity_search import SloCriteria
