@@ -83,8 +83,9 @@ image:
 image-test: $(ARTIFACTS)/manifest.json
 	scripts/image.sh test
 
-# On a machine with an NVIDIA GPU: the dense variant's X_slo on it, written to results/gpu/capacity.json, which
-# `twinserve report` reads. INSTANCE=g5.xlarge names the instance; GPU_BENCH_ARGS passes more (--help).
+# On a machine with an NVIDIA GPU: the dense variant's X_slo on it by the open-loop capacity search (results/gpu/
+# search.json), written to results/gpu/capacity.json, which `twinserve report` reads. INSTANCE=g5.xlarge names the
+# instance; GPU_BENCH_ARGS passes more (--help; --from-capacity FILE converts a search made earlier).
 gpu-bench: setup
 	$(PY) scripts/gpu_bench.py $(if $(INSTANCE),--instance-type $(INSTANCE)) $(GPU_BENCH_ARGS)
 
