@@ -67,6 +67,16 @@ def _variant_summary(run: CapacityRun, shape: str, source: str) -> VariantSummar
         steps=[_step(p) for p in r.probes], notes=r.notes, fidelity=None, live_shadow=None)
 
 
+def _read_input(path, load, errors: type[Exception], kind: str, inputs: list[InputFile]):
+    """``(path, load(path))``, its error as a ReportError; the file's hash recorded in ``inputs``."""
+    try:
+        item = load(path)
+    except errors as e:
+        raise ReportError(str(e)) from None
+    inputs.append(InputFile(kind=kind, path=str(path), sha256=sha256_file(Path(path))))
+    return Path(path), item
+
+
 def build_report(
     *,
     capacity: Sequence[Path],
@@ -88,20 +98,9 @@ def build_report(
                           "or `twinserve demo` writes one)")
     catalog: PriceCatalog = load_prices(prices)
     inputs = [InputFile(kind="prices", path=str(prices), sha256=sha256_file(Path(prices)))]
-    results: list[tuple[Path, CapacityRun]] = []
-    for p in capacity:
-        try:
-            results.append((Path(p), load_capacity_run(p)))
-        except CapacityFileError as e:
-            raise ReportError(str(e)) from None
-        inputs.append(InputFile(kind="capacity", path=str(p), sha256=sha256_file(Path(p))))
-    gpu_caps = []
-    for p in gpu_capacity:
-        try:
-            gpu_caps.append((Path(p), load_gpu_capacity(p)))
-        except GpuCapacityError as e:
-            raise ReportError(str(e)) from None
-        inputs.append(InputFile(kind="gpu_capacity", path=str(p), sha256=sha256_file(Path(p))))
+    results: list[tuple[Path, CapacityRun]] = [_read_input(p, load_capacity_run, CapacityFileError, "capacity", inputs)
+                                               for p in capacity]
+    gpu_caps = [_read_input(p, load_gpu_capacity, GpuCapacityError, "gpu_capacity", inputs) for p in gpu_capacity]
     crits = {(s.criteria.slo_p99_ms, s.criteria.max_error_ratio, s.criteria.min_achieved_ratio)
              for _, r in results for s in r.searches.values()}
     crits |= {(g.slo.slo_p99_ms, g.slo.max_error_ratio, g.slo.min_achieved_ratio) for _, g in gpu_caps}
