@@ -9,7 +9,7 @@ APT_PACKAGES := wordnet-base fortunes prometheus
 MODEL_NAME := all-MiniLM-L6-v2
 ARTIFACTS := artifacts/$(MODEL_NAME)
 
-.PHONY: setup system-packages run prune bench demo reliability peers audit test test-unit clean image image-test gpu-bench
+.PHONY: setup system-packages run prune bench demo reliability peers audit test test-unit clean image image-test gpu-bench chart-files
 
 setup: system-packages $(STAMP)
 
@@ -83,10 +83,17 @@ image:
 image-test: $(ARTIFACTS)/manifest.json
 	scripts/image.sh test
 
-# On a machine with an NVIDIA GPU: the dense variant's X_slo on it, written to results/gpu/capacity.json, which
-# `twinserve report` reads. INSTANCE=g5.xlarge names the instance; GPU_BENCH_ARGS passes more (--help).
+# On a machine with an NVIDIA GPU: the dense variant's X_slo on it by the open-loop capacity search (results/gpu/
+# search.json), written to results/gpu/capacity.json, which `twinserve report` reads. INSTANCE=g5.xlarge names the
+# instance; GPU_BENCH_ARGS passes more (--help; --from-capacity FILE converts a search made earlier).
 gpu-bench: setup
 	$(PY) scripts/gpu_bench.py $(if $(INSTANCE),--instance-type $(INSTANCE)) $(GPU_BENCH_ARGS)
+
+# The Helm chart's copies of deploy/grafana/twinserve-dashboard.json and deploy/prices.yaml (helm/twinserve/files/:
+# Helm reads only files inside the chart). Edit the deploy/ files, then run this; tests/unit/test_chart_files.py fails
+# on drift.
+chart-files:
+	$(PYTHON) scripts/chart_files.py
 
 test-unit: setup
 	$(PY) -m pytest tests/unit

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
 from service._platform import CPU_FEATURES as _PLATFORM_FEATURES
+from service._schema import Strict
 
 __all__ = [
     "CPU_FEATURES",
@@ -27,20 +28,15 @@ CPU_FEATURES = tuple(_PLATFORM_FEATURES)
 Phase = Literal["ramp", "bisect", "confirm"]
 
 
-class SloCriteria(BaseModel):
+class SloCriteria(Strict):
     """What a load step or probe must meet to count towards X_slo (the Locust sweep uses it too)."""
-
-    model_config = ConfigDict(extra="forbid")
-
     slo_p99_ms: PositiveFloat = Field(100.0, description="client-side p99 latency a step must stay within, ms")
     max_error_ratio: float = Field(0.001, gt=0, le=1, description="errors must be below this share of requests")
     min_achieved_ratio: float = Field(
         0.95, gt=0, le=1, description="achieved/offered rate at or above which a step is not saturated")
 
 
-class SearchPlan(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SearchPlan(Strict):
     start_rps: PositiveFloat = Field(8.0, description="first offered rate of the ramp, req/s")
     growth: float = Field(2.0, gt=1, description="ramp factor between probes (down as well as up)")
     max_rps: PositiveFloat = Field(4096.0, description="the ramp stops here; X_slo is then a lower bound, req/s")
@@ -72,11 +68,8 @@ class SearchPlan(BaseModel):
         return self.warmup_s + self.window_s(rate_rps) + self.pause_s
 
 
-class LatencyPercentiles(BaseModel):
+class LatencyPercentiles(Strict):
     """Latency of answered (200) requests from their scheduled send time, nearest rank, ms."""
-
-    model_config = ConfigDict(extra="forbid")
-
     p50_ms: float
     p90_ms: float
     p99_ms: float
@@ -84,9 +77,7 @@ class LatencyPercentiles(BaseModel):
     mean_ms: float
 
 
-class ProbeResult(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ProbeResult(Strict):
     phase: Phase
     offered_rps: float
     window_s: float = Field(description="measured part of the probe (after warm-up), s")
@@ -111,9 +102,7 @@ class ProbeResult(BaseModel):
     reasons: list[str] = Field(description="why the probe failed; empty when it passed")
 
 
-class SearchResult(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SearchResult(Strict):
     criteria: SloCriteria
     plan: SearchPlan
     status: Literal["confirmed", "none", "unconfirmed", "budget"] = Field(
@@ -131,12 +120,9 @@ class SearchResult(BaseModel):
     probes: list[ProbeResult] = Field(description="every probe in the order run, repeats included")
 
 
-class CapacityRun(BaseModel):
+class CapacityRun(Strict):
     """``twinserve capacity``'s file: one search per request shape against one endpoint, and
     the machine it ran on (the generator shares it with the server when the URL is loopback)."""
-
-    model_config = ConfigDict(extra="forbid")
-
     schema_version: Literal[1] = 1
     kind: Literal["twinserve-capacity"] = "twinserve-capacity"
     created_at: datetime

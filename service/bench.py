@@ -23,31 +23,25 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 
 from service._platform import hardware_description
+from service._schema import Strict
+from service.artifacts.manifest import LatencyRow
 
 __all__ = ["BenchCell", "BenchResult", "interleaved_latency", "run_bench"]
 
 Embed = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-class BenchCell(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class BenchCell(LatencyRow):
+    """A latency row of the manifest's kind (variant, batch, sequence length, median and p90, runs) and what
+    follows from it."""
 
-    variant: str
-    batch: int
-    seq_len: int
-    median_ms: float
-    p90_ms: float
-    runs: int
     texts_per_s: float
     speedup_vs_dense: float | None = None
 
 
-class BenchResult(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class BenchResult(Strict):
     created_at: datetime
     artifact_dir: str
     hardware: str

@@ -39,7 +39,7 @@ __all__ = ["DEMO_BUDGET_S", "DEMO_SHAPES", "START_RPS", "DemoError", "LocalServe
 
 DEMO_BUDGET_S = 570.0  # the whole demo from the start of run_demo; under 10 minutes with Python's start and exit
 DEMO_SHAPES = ("mix", "1", "8")
-VARIANTS = ("pruned", "dense")
+SEARCH_ORDER = ("pruned", "dense")  # the variants (service._schema.VARIANTS) in the order the demo searches them
 START_RPS = {"dense": 16.0, "pruned": 64.0}
 RESERVE_S = 60.0  # after the searches: the shadow burst, the report, stopping Ray and Prometheus
 COSTED_WEIGHT, DENSE_WEIGHT = 3.0, 1.2
@@ -210,7 +210,7 @@ def _order_shapes(shapes: Sequence[str], cost_shape: str) -> list[str]:
 
 
 def search_variants(base_url: str, *, shapes: Sequence[str] = DEMO_SHAPES, cost_shape: str = "mix",
-                    variants: Sequence[str] = VARIANTS, deadline: float, out_dir: Path, criteria=None,
+                    variants: Sequence[str] = SEARCH_ORDER, deadline: float, out_dir: Path, criteria=None,
                     base_plan=None, starts: dict[str, float] = START_RPS, say: Callable[[str], None] = print):
     """X_slo of each variant (pinned with ``X-Variant``) at each request shape of the twinserve at
     ``base_url``, by the open-loop capacity search, all done by ``deadline`` (``time.monotonic()``).
@@ -334,11 +334,11 @@ def run_demo(
         say("[5/5] report")
         config = ReportConfig(dense_share=0.5, dense_share_source="the demo server's --dense-weight 0.5",
                               shadow_window="30m", cost_shape=cost_shape)
-        report, data = build_report(capacity=[files[v] for v in VARIANTS], prices=prices, manifest=art,
+        report, data = build_report(capacity=[files[v] for v in SEARCH_ORDER], prices=prices, manifest=art,
                                     prometheus_url=prometheus_url, config=config)
         report_dir = out_dir / "report"
         written = write_report(report, data, report_dir)
-        for v in VARIANTS:
+        for v in SEARCH_ORDER:
             say(f"      {v}: " + ", ".join(
                 f"{k} X_slo " + (f"{r.x_slo_rps:.4g}" if r.x_slo_rps is not None else "none") + f" ({r.status})"
                 for k, r in runs[v].searches.items()))

@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from service._infinity import (
     INFINITY_MODEL_NAME,
@@ -43,6 +43,7 @@ from service._infinity import (
     prepare_infinity_model,
     sha256_file,
 )
+from service._schema import Strict, load_json
 from service.capacity_search import (
     CPU_FEATURES,
     ProbeResult,
@@ -67,9 +68,7 @@ __all__ = [
 ServerName = Literal["infinity", "twinserve"]
 
 
-class ServerRun(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ServerRun(Strict):
     name: ServerName
     version: str
     url: str = Field(description="the embeddings endpoint the load went to")
@@ -86,9 +85,7 @@ class ServerRun(BaseModel):
     searches: dict[str, SearchResult] = Field(description="by request shape: '1', '8' (texts per request)")
 
 
-class PeerBenchResult(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class PeerBenchResult(Strict):
     schema_version: Literal[1] = 1
     kind: Literal["twinserve-peers"] = "twinserve-peers"
     created_at: datetime
@@ -313,4 +310,5 @@ def run_peers(*, artifacts: Path, out_dir: Path, twinserve_url: str | None = Non
 
 
 def load_peers(path: Path) -> PeerBenchResult:
-    return PeerBenchResult.model_validate(json.loads(Path(path).read_text()))
+    return load_json(path, PeerBenchResult, what="twinserve peer benchmark result",
+                     missing="`twinserve peers` (make peers) writes one")

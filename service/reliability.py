@@ -34,6 +34,7 @@ import psutil
 from pydantic import BaseModel
 
 from service._platform import metric_sum
+from service._schema import VARIANTS
 from service.loadgen import TEXTS, Answer, LoadSummary, drive, summarise
 
 __all__ = [
@@ -367,7 +368,7 @@ def _search_x_slo(url: str, out_dir: Path, slo, summary: dict, say: Callable[[st
 
     plan = SearchPlan(start_rps=8.0, max_total_s=SEARCH_BUDGET_S)
     found, searches, answered = {}, {}, 0.0
-    for variant in ("dense", "pruned"):
+    for variant in VARIANTS:
         say(f"X_slo of {variant}: open-loop capacity search, pinned, 1 text per request (<= {plan.max_total_s:g} s)")
         r = find_capacity(f"{url}/v1/embeddings", plan=plan, criteria=slo, headers={"X-Variant": variant},
                           model=f"twinserve-{variant}", on_probe=lambda p, v=variant: say(

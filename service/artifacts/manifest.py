@@ -12,8 +12,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import ConfigDict, Field, PositiveInt
 
+from service._schema import Strict
 
 __all__ = [
     "ArtifactIntegrityError",
@@ -40,24 +41,21 @@ BOOKKEEPING = frozenset({".build.lock", ".leases", ".pinned"})
 
 
 
-class LayerShape(BaseModel):
+class LayerShape(Strict):
     """Width of one transformer layer."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
 
     heads: PositiveInt = Field(description="attention heads kept in this layer")
     ffn: PositiveInt = Field(description="FFN (intermediate) neurons kept in this layer")
     source_index: int = Field(ge=0, description="index of this layer in the original dense model")
 
+
 class ArtifactIntegrityError(RuntimeError):
     """A published artifact directory is missing, incomplete or altered."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Fidelity(_Strict):
+class Fidelity(Strict):
     """Agreement with the dense model on held-out text the job never trained on."""
 
     mean_cosine: float = Field(description="mean cosine between this variant's and the dense embeddings")
@@ -66,7 +64,7 @@ class Fidelity(_Strict):
     n_texts: int = Field(ge=1)
 
 
-class VariantInfo(_Strict):
+class VariantInfo(Strict):
     onnx_file: str
     precision: Literal["fp32", "int8"]
     layers: list[LayerShape]
@@ -76,7 +74,7 @@ class VariantInfo(_Strict):
     fidelity: Fidelity | None = Field(default=None, description="None for the dense reference itself")
 
 
-class CorpusInfo(_Strict):
+class CorpusInfo(Strict):
     source: str = Field(description="wordnet+fortunes, wordnet, file or python-docs")
     path: str | None
     sha256: str
@@ -91,7 +89,7 @@ class CorpusInfo(_Strict):
 Runtime = Literal["onnxruntime", "openvino"]
 
 
-class CandidateMeasurement(_Strict):
+class CandidateMeasurement(Strict):
     """One point of the frontier: a model (dense or pruned) on one runtime at one precision."""
 
     name: str = Field(description="e.g. pruned-openvino-int8")
@@ -104,7 +102,7 @@ class CandidateMeasurement(_Strict):
     meets_floor: bool
 
 
-class CpuVariant(_Strict):
+class CpuVariant(Strict):
     """What the CPU replica serves: the runtime's file, and why this candidate was chosen."""
 
     candidate: str = Field(description="the frontier candidate published (e.g. pruned-openvino-int8)")
@@ -125,7 +123,7 @@ class CpuVariant(_Strict):
     pruning_beats_quantised_dense: bool | None = None
     summary: str = Field(description="the choice in words, as the job and the server print it")
 
-class LatencyRow(_Strict):
+class LatencyRow(Strict):
     variant: str
     batch: int
     seq_len: int
@@ -134,7 +132,7 @@ class LatencyRow(_Strict):
     runs: int
 
 
-class Manifest(_Strict):
+class Manifest(Strict):
     schema_version: int = SCHEMA_VERSION
     name: str
     created_at: datetime

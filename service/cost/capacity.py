@@ -23,9 +23,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
 from service._platform import feature_names
+from service._schema import Strict, load_json
 from service.capacity_search import CapacityRun, SearchResult
 from service.cost.loadtest import LoadTestResult
 from service.cost.model import usd_per_million
@@ -51,11 +52,8 @@ def normalise_arch(arch: str) -> str:
     return _ARCH.get(arch.lower(), arch)
 
 
-class Measurement(BaseModel):
+class Measurement(Strict):
     """X_slo of one variant as one load test measured it, with the hardware it ran on."""
-
-    model_config = ConfigDict(extra="forbid")
-
     variant: str
     x_slo_rps: float | None
     slo_p99_ms: float
@@ -77,9 +75,7 @@ class Measurement(BaseModel):
         return normalise_arch(v)
 
 
-class CapacityCell(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class CapacityCell(Strict):
     variant: str
     instance: str = Field(description="price row key (instance type, plus basis when not on-demand)")
     price_usd_per_hour: float
@@ -117,14 +113,9 @@ def measurements(result: LoadTestResult, source: str) -> list[Measurement]:
 
 def load_capacity_run(path: str | Path) -> CapacityRun:
     """A ``twinserve capacity`` / ``twinserve demo`` capacity file (:class:`CapacityRun`)."""
-    path = Path(path)
-    try:
-        return CapacityRun.model_validate_json(path.read_text())
-    except FileNotFoundError:
-        raise CapacityFileError(f"capacity file {path} not found: `twinserve capacity --variant pruned --shapes 1 8 "
-                                f"mix --out {path}` (or `make demo`) writes one") from None
-    except (ValidationError, ValueError) as e:
-        raise CapacityFileError(f"{path} is not a twinserve capacity file: {e}") from None
+    return load_json(path, CapacityRun, what="twinserve capacity file", error=CapacityFileError,
+                     missing=f"`twinserve capacity --variant pruned --shapes 1 8 mix --out {path}` (or `make demo`) "
+                             "writes one")
 
 
 def search_method(result: SearchResult) -> str:

@@ -2,7 +2,8 @@
 
 No GPU is lent to this project's machines, so the dense variant's X_slo on a GPU is either measured by
 someone who has one (``make gpu-bench``: ``scripts/gpu_bench.py`` serves the artifacts with the dense
-variant on the GPU, finds its X_slo and writes this file), or it is not known. The report then gives,
+variant on the GPU, finds its X_slo by the open-loop capacity search, as every other capacity in the project,
+and writes this file from the search's result), or it is not known. The report then gives,
 for every GPU instance in the price catalog, the **break-even X_slo**: the capacity the dense variant
 would need on that instance to cost, per request, what the measured CPU variant costs. It is a
 requirement, not a measurement, and is labelled so.
@@ -21,10 +22,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+from pydantic import Field, PositiveInt
 
-from service.cost.capacity import Measurement, normalise_arch
-from service.cost.loadtest import LoadTestResult, SloCriteria
+from service._schema import Strict, load_json
+from service.capacity_search import CapacityRun, SloCriteria
+from service.cost.capacity import Measurement, normalise_arch, search_method
 
 __all__ = [
     "DEFAULT_GPU_CAPACITY",
@@ -32,7 +34,7 @@ __all__ = [
     "GpuCapacity",
     "GpuCapacityError",
     "break_even_x_slo",
-    "gpu_capacity_from_loadtest",
+    "gpu_capacity_from_search",
     "load_gpu_capacity",
 ]
 
@@ -43,11 +45,7 @@ class GpuCapacityError(ValueError):
     """A GPU capacity file is missing, unreadable or not one."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class GpuCapacity(_Strict):
+class GpuCapacity(Strict):
     """X_slo of the dense variant on one GPU machine, with the hardware and the measurement behind it."""
 
     schema_version: Literal[1] = 1
@@ -64,6 +62,8 @@ class GpuCapacity(_Strict):
     cpu_arch: str
     cpu_flags: list[str] | None = Field(description="GEMM features of the host CPU (/proc/cpuinfo names)")
     method: str = Field(min_length=1, description="how X_slo was found (tool, rates, durations)")
+    shape: str | None = Field(None, description="request shape X_slo was found at (SHAPES key: 1, 8, mix)")
+    shape_description: str | None = Field(None, description="what that shape sends, in words")
     measurement_file: str | None = Field(None, description="the full measurement this figure comes from")
     measurement_sha256: str | None = None
     shares_machine_with_generator: bool = Field(
@@ -75,42 +75,41 @@ class GpuCapacity(_Strict):
             variant="dense", x_slo_rps=self.x_slo_rps, slo_p99_ms=self.slo.slo_p99_ms, hardware=self.hardware,
             cpu_count=self.cpu_count, cpu_arch=normalise_arch(self.cpu_arch), gpu_model=self.gpu_model,
             instance_type=self.instance_type, cpu_flags=self.cpu_flags,
-            shares_machine_with_generator=self.shares_machine_with_generator, source=source, method=self.method)
+            shares_machine_with_generator=self.shares_machine_with_generator, source=source, method=self.method,
+            shape=self.shape, shape_description=self.shape_description)
 
 
 def load_gpu_capacity(path: str | Path) -> GpuCapacity:
-    path = Path(path)
-    try:
-        return GpuCapacity.model_validate_json(path.read_text())
-    except FileNotFoundError:
-        raise GpuCapacityError(f"GPU capacity file {path} not found: `make gpu-bench` on a GPU machine writes "
-                               "one") from None
-    except (ValidationError, ValueError) as e:
-        raise GpuCapacityError(f"{path} is not a twinserve GPU capacity file: {e}") from None
+    return load_json(path, GpuCapacity, what="twinserve GPU capacity file", error=GpuCapacityError,
+                     missing="`make gpu-bench` on a GPU machine writes one")
 
 
-def gpu_capacity_from_loadtest(result: LoadTestResult, path: str | Path, *, gpu_count: int = 1,
-                               method: str | None = None) -> GpuCapacity:
-    """The dense sweep of a load test run against a server whose dense variant was on a GPU."""
-    sweep = result.variant("dense")
-    if sweep is None:
-        raise GpuCapacityError(f"{path} has no dense sweep (variants: {[v.variant for v in result.variants]})")
-    s = result.server
-    if not s.gpu_model:
-        raise GpuCapacityError(f"{path}: the server named no GPU (server.gpu_model is empty): not a GPU measurement")
-    raw = Path(path).read_bytes()
-    rates = ", ".join(f"{r:g}" for r in result.plan.rates_rps)
+def gpu_capacity_from_search(run: CapacityRun, path: str | Path, *, shape: str = "mix",
+                             gpu_count: int = 1) -> GpuCapacity:
+    """The dense variant's X_slo at request shape ``shape`` from an open-loop capacity search (``run``, read from
+    ``path``: ``scripts/gpu_bench.py``'s search.json, or ``twinserve capacity --variant dense`` with the GPU named)
+    made against a server whose dense variant ran on a GPU."""
+    if run.variant != "dense":
+        raise GpuCapacityError(f"{path}: the search was not pinned to the dense variant (variant: {run.variant}); "
+                               "search with `--variant dense`")
+    if not run.gpu_model:
+        raise GpuCapacityError(f"{path}: the server named no GPU (gpu_model is empty): not a GPU measurement")
+    search = run.searches.get(shape)
+    if search is None:
+        raise GpuCapacityError(f"{path} has no search at request shape {shape!r} (it has "
+                               f"{', '.join(run.searches) or 'none'})")
     return GpuCapacity(
-        created_at=result.created_at, x_slo_rps=sweep.x_slo_rps, slo=result.slo, gpu_model=s.gpu_model,
-        gpu_count=gpu_count, instance_type=s.instance_type, hardware=s.description, cpu_count=s.cpu_count,
-        cpu_arch=s.cpu_arch, cpu_flags=s.cpu_flags,
-        method=method or f"Locust step sweep pinned to dense (X-Variant), {rates} req/s, "
-                         f"{result.plan.step_duration_s:g} s steps",
-        measurement_file=str(path), measurement_sha256=hashlib.sha256(raw).hexdigest(),
-        shares_machine_with_generator=s.shares_machine_with_generator, notes=list(sweep.notes) + list(result.notes))
+        created_at=run.created_at, x_slo_rps=search.x_slo_rps, slo=search.criteria, gpu_model=run.gpu_model,
+        gpu_count=gpu_count, instance_type=run.instance_type, hardware=run.hardware, cpu_count=run.cpu_count,
+        cpu_arch=run.cpu_arch, cpu_flags=run.cpu_flags or None,
+        method=f"{search_method(search)}, pinned to dense; {search.status}",
+        shape=shape, shape_description=run.shapes.get(shape, shape),
+        measurement_file=str(path), measurement_sha256=hashlib.sha256(Path(path).read_bytes()).hexdigest(),
+        shares_machine_with_generator=True,  # the open-loop generator runs beside the server (loopback)
+        notes=list(search.notes))
 
 
-class BreakEven(_Strict):
+class BreakEven(Strict):
     """What the dense variant must reach on one GPU instance to match the CPU variant's cost per request."""
 
     gpu_instance: str

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
 
 from service._platform import CPU_FEATURES
+from service._schema import Strict
 
 __all__ = ["CPU_FEATURES", "CpuSpec", "GpuSpec", "InstancePrice", "PriceCatalog", "PriceError", "load_prices"]
 
@@ -28,24 +29,24 @@ class PriceError(ValueError):
     """The price catalog is missing, unreadable or invalid."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Frozen(Strict):
+    model_config = ConfigDict(frozen=True)
 
 
-class GpuSpec(_Strict):
+class GpuSpec(_Frozen):
     model: str = Field(min_length=1, description="GPU model as the vendor names it, e.g. 'NVIDIA T4'")
     count: PositiveInt = Field(1, description="GPUs per instance")
     memory_gib: PositiveFloat = Field(description="memory per GPU, GiB")
 
 
-class CpuSpec(_Strict):
+class CpuSpec(_Frozen):
     model: str = Field(min_length=1, description="the CPU the provider puts in this family, e.g. 'Intel Xeon 8488C'")
     features: list[CpuFeature] = Field(
         description="which of the INT8/fp32 GEMM features (CPU_FEATURES, /proc/cpuinfo names) the CPU has")
     source: str = Field(min_length=3, description="where the CPU model and its features come from")
 
 
-class InstancePrice(_Strict):
+class InstancePrice(_Frozen):
     instance_type: str = Field(min_length=1, description="provider's instance type, e.g. 'c7i.xlarge'")
     price_usd_per_hour: PositiveFloat = Field(description="price of one instance for one hour, USD")
     region: str = Field(min_length=1, description="provider region the price applies to, e.g. 'us-east-1'")
@@ -81,7 +82,7 @@ class InstancePrice(_Strict):
         return f"{self.instance_type} {self.basis} {self.region} {self.date.isoformat()}"
 
 
-class PriceCatalog(_Strict):
+class PriceCatalog(_Frozen):
     schema_version: Literal[1] = 1
     currency: Literal["USD"] = Field("USD", description="all prices are in this currency")
     instances: list[InstancePrice] = Field(min_length=1)

@@ -6,8 +6,9 @@ without importing torch (about a second and 200 MB per process).
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import ConfigDict, Field, PositiveInt
 
+from service._schema import Strict
 from service.artifacts.manifest import LayerShape  # the contract records layer widths; the model builds them
 
 __all__ = ["EncoderConfig", "LayerShape", "ModelLoadError", "TWINSERVE_CONFIG_KEY"]
@@ -19,10 +20,10 @@ class ModelLoadError(ValueError):
     """A checkpoint directory that cannot be turned into an :class:`Encoder`."""
 
 
-class EncoderConfig(BaseModel):
+class EncoderConfig(Strict):
     """Architecture of an encoder: BERT hyper-parameters plus per-layer widths."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
 
     vocab_size: PositiveInt
     hidden_size: PositiveInt

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, confloat
+from pydantic import ConfigDict, Field, PositiveInt, confloat
+
+from service._schema import Strict
 
 __all__ = ["PRESETS", "PruneConfig", "preset"]
 
 Ratio = confloat(ge=0.0, lt=1.0)
 
 
-class PruneConfig(BaseModel):
+class PruneConfig(Strict):
     """What to remove, how to score it, and how long to distil."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
 
     criterion: Literal["magnitude", "taylor", "fisher"] = Field(
         "taylor", description="saliency criterion for heads, FFN neurons and layers")

@@ -12,16 +12,13 @@ import json
 from functools import partial
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
-
+from service._schema import Strict
 from service.artifacts.manifest import Manifest
 
 __all__ = ["FrontierPoint", "measure_frontier", "render_candidates", "render_frontier"]
 
 
-class FrontierPoint(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class FrontierPoint(Strict):
     label: str
     preset: str
     criterion: str

@@ -20,6 +20,8 @@ from pydantic import (
     model_validator,
 )
 
+from service._schema import VARIANTS
+
 __all__ = [
     "VARIANTS",
     "BatchingConfig",
@@ -33,7 +35,6 @@ __all__ = [
     "Weights",
 ]
 
-VARIANTS = ("dense", "pruned")
 Fraction = confloat(ge=0.0, le=1.0)
 
 

@@ -185,6 +185,15 @@ def test_weights_shadow_rate_and_slo_come_from_values():
     assert slo_panel["fieldConfig"]["defaults"]["thresholds"]["steps"][-1]["value"] == 0.25
 
 
+def test_dashboard_configmap_is_the_deploy_dashboard():
+    """One dashboard: the chart ships deploy/grafana/twinserve-dashboard.json, only the SLO line set from values
+    (its default, 100 ms, is the value the source file carries)."""
+    source = json.loads((ROOT / "deploy" / "grafana" / "twinserve-dashboard.json").read_text())
+    (dash_cm,) = [d for d in render(ALL_TOGGLES) if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith(
+        "-dashboard")]
+    assert json.loads(dash_cm["data"]["twinserve.json"]) == source
+
+
 def test_monitoring_is_behind_toggles_and_scrapes_every_ray_pod():
     kinds = {d["kind"] for d in render()}
     assert not kinds & {"PodMonitor", "PrometheusRule"}
@@ -206,7 +215,6 @@ def test_monitoring_is_behind_toggles_and_scrapes_every_ray_pod():
 def test_prices_configmap_is_deploy_prices_yaml(tmp_path):
     from service.cost.prices import load_prices
 
-    assert (CHART / "files" / "prices.yaml").read_bytes() == (ROOT / "deploy" / "prices.yaml").read_bytes()
     (cm,) = [d for d in render() if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-prices")]
     (tmp_path / "prices.yaml").write_text(cm["data"]["prices.yaml"])
     assert load_prices(tmp_path / "prices.yaml") == load_prices(ROOT / "deploy" / "prices.yaml")

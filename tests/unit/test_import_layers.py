@@ -1,6 +1,6 @@
 """The dependency direction of docs/ARCHITECTURE.md, enforced by reading the source (nothing is imported).
 
-    cli ──► pruning, serving, cost, load tests ──► model, artifacts, settings ──► _platform
+    cli ──► pruning, serving, cost, load tests ──► model, artifacts, settings ──► _platform, _schema
 
 Every ``import`` and ``from ... import`` in every module under service/ counts, those inside
 functions too (a lazy import is still a dependency; it only moves the cost). A module may import
@@ -27,6 +27,7 @@ PACKAGE = ROOT / "service"
 # Layer of a module: the longest prefix listed wins. Higher numbers sit higher.
 LAYERS: dict[str, int] = {
     "service._platform": 0,
+    "service._schema": 0,  # the strict base model, load_json, the variants' names
     "service": 1,  # the package's own __init__
     "service.model": 1,
     "service.settings": 1,
@@ -45,7 +46,7 @@ LAYERS: dict[str, int] = {
     "service._infinity": 2,
     "service.cli": 3,
 }
-LAYER_NAMES = {0: "_platform", 1: "model/artifacts/settings", 2: "pruning/serving/cost/load tests", 3: "cli"}
+LAYER_NAMES = {0: "_platform/_schema", 1: "model/artifacts/settings", 2: "pruning/serving/cost/load tests", 3: "cli"}
 
 # (importer, imported) module pairs that break a rule today. Shrinking this is the goal.
 ALLOWED: set[tuple[str, str]] = set()

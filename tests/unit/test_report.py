@@ -1,7 +1,7 @@
 """``twinserve report`` from synthetic typed inputs: numbers equal the inputs, real PNGs, HTML that stands alone.
 
-The report's capacity input is the capacity search's file (``CapacityRun``, one per variant); the Locust
-sweeps built here (``_sweep``) only feed the GPU capacity file of ``make gpu-bench``."""
+The report's capacity input is the capacity search's file (``CapacityRun``, one per variant); a dense search with a
+GPU named in it also feeds the GPU capacity file of ``make gpu-bench``."""
 
 from __future__ import annotations
 
@@ -25,14 +25,7 @@ from service.capacity_search import (
     probe_verdict,
 )
 from service.cli import main
-from service.cost.loadtest import (
-    RawRun,
-    RawStep,
-    ServerHardware,
-    SloCriteria,
-    SweepPlan,
-    summarise_run,
-)
+from service.cost.loadtest import ServerHardware, SloCriteria
 from service.cost.model import Offer, crossover
 from service.cost.prices import load_prices
 from service.cost.report import Report, ReportConfig, ReportError, build_report, query_shadow_agreement, write_report
@@ -44,37 +37,6 @@ CPU_BOX = ServerHardware(description="Test CPU 3000, 2 logical CPUs", cpu_count=
                          shares_machine_with_generator=True)
 T4_BOX = ServerHardware(description="g4dn.xlarge, NVIDIA T4", cpu_count=4, cpu_arch="x86_64", gpu_model="Tesla T4",
                         instance_type="g4dn.xlarge", shares_machine_with_generator=False)
-
-
-def _run(variant: str, spec: list[tuple[float, float, float]], plan: SweepPlan) -> RawRun:
-    """spec: (offered, achieved, p99) per step; 10-second windows, the slowest 2% at p99."""
-    steps = []
-    for i, (offered, achieved, p99) in enumerate(spec):
-        n = int(round(achieved * 10))
-        k = max(1, -(-n * 2 // 100))
-        steps.append(RawStep(index=i, offered_rps=offered, users=int(offered), start_s=i * 12 + 2, window_s=10.0,
-                             latencies_ms=[5.0] * (n - k) + [p99] * k, failures=0, inputs_total=n * 2,
-                             status_counts={"200": n}, answered_by={variant: n}, route_reasons={"override": n},
-                             generator_cpu_s=1.2, machine_cpu_percent=90.0))
-    return RawRun(format="twinserve-locust-steps/1", locust_version="2.47.0", variant=variant, host=None, cpu_count=2,
-                  pid=1, plan={}, stopped_early=False, multi_share=0.2, max_inputs=8, user_pool=100, steps=steps)
-
-
-def _sweep(tmp_path: Path, name: str, server: ServerHardware, specs: dict, slo: SloCriteria | None = None) -> Path:
-    """A Locust sweep (``twinserve loadtest``): what ``make gpu-bench`` turns into a GPU capacity file."""
-    from service.cost.loadtest import LoadTestResult
-
-    plan = SweepPlan(rates_rps=sorted({o for spec in specs.values() for o, _, _ in spec}), step_duration_s=12,
-                     warmup_s=2)
-    slo = slo or SloCriteria()
-    result = LoadTestResult(
-        created_at=datetime.now(timezone.utc), target_url="http://127.0.0.1:8000", locust_version="2.47.0",
-        locustfile="loadtests/locustfile.py", generator_hardware=server.description, generator_cpu_count=2,
-        server=server, slo=slo, plan=plan, variants=[summarise_run(v, _run(v, s, plan), plan, slo)
-                                                     for v, s in specs.items()])
-    path = tmp_path / name
-    path.write_text(result.model_dump_json(indent=2))
-    return path
 
 
 def _search(spec: list[tuple[float, float, float]], slo: SloCriteria) -> SearchResult:
@@ -388,13 +350,13 @@ def test_break_even_per_gpu_instance_is_a_requirement_from_the_cpu_figure(tmp_pa
 
 
 def test_gpu_capacity_file_is_used_and_labelled_with_its_hardware(tmp_path):
-    from service.cost.gpu import gpu_capacity_from_loadtest, load_gpu_capacity
-    from service.cost.loadtest import load_loadtest
+    from service.cost.gpu import gpu_capacity_from_search, load_gpu_capacity
 
     cpu = _capacity(tmp_path, "cpu.json", CPU_BOX, CPU_SPECS)
     box = T4_BOX.model_copy(update={"cpu_flags": ["avx2", "avx512f", "avx512_vnni"]})
-    sweep = _sweep(tmp_path, "gpu-sweep.json", box, {"dense": [(100, 100.0, 20), (200, 199.0, 60), (400, 300.0, 500)]})
-    cap = gpu_capacity_from_loadtest(load_loadtest(sweep), sweep)
+    (search,) = _capacity(tmp_path, "gpu-search.json", box,
+                          {"dense": [(100, 100.0, 20), (199, 199.0, 60), (400, 300.0, 500)]})
+    cap = gpu_capacity_from_search(CapacityRun.model_validate_json(search.read_text()), search)
     path = tmp_path / "capacity.json"
     path.write_text(cap.model_dump_json(indent=2))
     assert load_gpu_capacity(path).x_slo_rps == pytest.approx(199.0)
@@ -405,7 +367,7 @@ def test_gpu_capacity_file_is_used_and_labelled_with_its_hardware(tmp_path):
     assert g4.measured_cpu_flags == ["avx2", "avx512f", "avx512_vnni"]
     be = {b.gpu_instance: b for b in report.break_even}
     assert be["g4dn.xlarge"].measured_x_slo_rps == pytest.approx(199.0)
-    assert box.description in be["g4dn.xlarge"].measured_on and "Locust step sweep" in be["g4dn.xlarge"].measured_on
+    assert box.description in be["g4dn.xlarge"].measured_on and "open-loop capacity search" in be["g4dn.xlarge"].measured_on
     ratio = 199.0 / be["g4dn.xlarge"].required_x_slo_rps
     assert (f"{1 / ratio:.2f}x less" if ratio > 1 else f"{1 / ratio:.2f}x more") in be["g4dn.xlarge"].verdict
     assert be["g5.xlarge"].measured_x_slo_rps is None  # an A10G is not a T4: still only the requirement
@@ -413,10 +375,10 @@ def test_gpu_capacity_file_is_used_and_labelled_with_its_hardware(tmp_path):
     write_report(report, data, tmp_path / "r")
     assert "g4dn.xlarge, NVIDIA T4" in (tmp_path / "r" / "report.md").read_text()
 
-    cpu_only = _sweep(tmp_path, "cpu-only.json", CPU_BOX, {"dense": [(10, 10.0, 10)]})
+    (cpu_only,) = _capacity(tmp_path, "cpu-only.json", CPU_BOX, {"dense": [(10, 10.0, 10)]})
     from service.cost.gpu import GpuCapacityError
     with pytest.raises(GpuCapacityError, match="named no GPU"):
-        gpu_capacity_from_loadtest(load_loadtest(cpu_only), cpu_only)
+        gpu_capacity_from_search(CapacityRun.model_validate_json(cpu_only.read_text()), cpu_only)
     (tmp_path / "junk.json").write_text("{}")
     with pytest.raises(ReportError, match="not a twinserve GPU capacity file"):
         build_report(capacity=cpu, prices=PRICES, gpu_capacity=[tmp_path / "junk.json"])
@@ -438,13 +400,13 @@ def test_report_states_the_criteria_its_data_used(tmp_path):
 
 
 def test_cli_report_reads_a_gpu_capacity_file(tmp_path, capsys):
-    from service.cost.gpu import gpu_capacity_from_loadtest
-    from service.cost.loadtest import load_loadtest
+    from service.cost.gpu import gpu_capacity_from_search
 
     lt = _capacity(tmp_path, "lt.json", CPU_BOX, CPU_SPECS)
-    sweep = _sweep(tmp_path, "gpu.json", T4_BOX, {"dense": [(100, 100.0, 20)]})
+    (search,) = _capacity(tmp_path, "gpu.json", T4_BOX, {"dense": [(100, 100.0, 20)]})
     cap = tmp_path / "capacity.json"
-    cap.write_text(gpu_capacity_from_loadtest(load_loadtest(sweep), sweep).model_dump_json())
+    cap.write_text(gpu_capacity_from_search(CapacityRun.model_validate_json(search.read_text()), search)
+                   .model_dump_json())
     out = tmp_path / "rep"
     assert main(["report", "--capacity", *map(str, lt), "--gpu-capacity", str(cap), "--out-dir", str(out)]) == 0
     printed = capsys.readouterr().out

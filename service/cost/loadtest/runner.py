@@ -17,9 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pydantic import ValidationError
-
 from service._platform import ChildProcess
+from service._schema import load_json
 from service.capacity_search import SloCriteria
 from service.cost.loadtest.schema import (
     LoadTestError,
@@ -101,12 +100,9 @@ def _locust_command(locustfile: Path, url: str, variant: Variant, plan: SweepPla
 
 
 def _read_raw(path: Path) -> RawRun | None:
-    try:
-        return RawRun.model_validate_json(path.read_text())
-    except FileNotFoundError:
+    if not path.exists():
         return None
-    except (ValidationError, ValueError) as e:
-        raise LoadTestError(f"{path}: not a twinserve locust recording: {e}") from None
+    return load_json(path, RawRun, what="twinserve locust recording", error=LoadTestError)
 
 
 def _run_variant(locustfile: Path, url: str, variant: Variant, plan: SweepPlan, slo: SloCriteria, raw_dir: Path,

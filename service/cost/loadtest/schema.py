@@ -6,17 +6,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    NonNegativeFloat,
-    PositiveFloat,
-    PositiveInt,
-    ValidationError,
-    model_validator,
-)
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 
+from service._schema import Strict, load_json
 from service.capacity_search import SloCriteria
 
 
@@ -28,11 +20,7 @@ class LoadTestError(RuntimeError):
     """The load test could not run or its results are unusable."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SweepPlan(_Strict):
+class SweepPlan(Strict):
     rates_rps: list[PositiveFloat] = Field(min_length=1, description="offered request rate per step, req/s")
     step_duration_s: PositiveFloat = Field(20.0, description="length of each step, warm-up included, s")
     warmup_s: NonNegativeFloat = Field(5.0, description="start of each step left out of its measurement, s")
@@ -62,7 +50,7 @@ class SweepPlan(_Strict):
         }
 
 
-class ServerHardware(_Strict):
+class ServerHardware(Strict):
     description: str = Field(min_length=1, description="the machine the server ran on (CPU model, GPU)")
     cpu_count: PositiveInt = Field(description="logical CPUs the server could use")
     cpu_arch: str = Field(description="x86_64, arm64, ...")
@@ -75,7 +63,7 @@ class ServerHardware(_Strict):
         description="the load generator ran on the same machine and took CPU from the server")
 
 
-class LatencyPercentiles(_Strict):
+class LatencyPercentiles(Strict):
     """Client-side latency (request sent to response read), nearest-rank percentiles, ms."""
 
     p50_ms: float
@@ -87,7 +75,7 @@ class LatencyPercentiles(_Strict):
     mean_ms: float
 
 
-class StepResult(_Strict):
+class StepResult(Strict):
     index: int
     offered_rps: float = Field(description="request rate the paced users aimed at")
     users: int
@@ -111,7 +99,7 @@ class StepResult(_Strict):
     reasons: list[str] = Field(description="why the step does not count; empty when it passed")
 
 
-class VariantSweep(_Strict):
+class VariantSweep(Strict):
     variant: Variant
     forced: bool = Field(description="X-Variant forced the variant; routed runs use the router's policy")
     steps: list[StepResult]
@@ -122,7 +110,7 @@ class VariantSweep(_Strict):
     raw_file: str | None = Field(None, description="the recorder's per-request latencies (JSON)")
 
 
-class LoadTestResult(_Strict):
+class LoadTestResult(Strict):
     schema_version: Literal[1] = 1
     kind: Literal["twinserve-loadtest"] = "twinserve-loadtest"
     created_at: datetime
@@ -141,7 +129,7 @@ class LoadTestResult(_Strict):
         return next((v for v in self.variants if v.variant == name), None)
 
 
-class RawStep(_Strict):
+class RawStep(Strict):
     """One step as ``loadtests/locustfile.py``'s recorder writes it."""
 
     index: int
@@ -159,7 +147,7 @@ class RawStep(_Strict):
     machine_cpu_percent: NonNegativeFloat
 
 
-class RawRun(_Strict):
+class RawRun(Strict):
     format: Literal["twinserve-locust-steps/1"]
     locust_version: str
     variant: str | None
@@ -175,10 +163,5 @@ class RawRun(_Strict):
 
 
 def load_loadtest(path: str | Path) -> LoadTestResult:
-    path = Path(path)
-    try:
-        return LoadTestResult.model_validate_json(path.read_text())
-    except FileNotFoundError:
-        raise LoadTestError(f"load-test results {path} not found: run `twinserve loadtest --sweep` first") from None
-    except (ValidationError, ValueError) as e:
-        raise LoadTestError(f"{path} is not a twinserve load-test result: {e}") from None
+    return load_json(path, LoadTestResult, what="twinserve load-test result", error=LoadTestError,
+                     missing="run `twinserve loadtest --sweep` first")

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
+from service._schema import VARIANTS
 from service.capacity_search import CapacityRun, SearchResult
 from service.cost.capacity import (
     CapacityFileError,
@@ -25,15 +26,14 @@ from service.cost.report.schema import (
     BenchSummary,
     CostCell,
     Criteria,
-    Fidelity,
     InputFile,
     LiveShadow,
     Report,
     ReportConfig,
     ReportError,
     ShapeCapacity,
+    SourcedFidelity,
     StepSummary,
-    VARIANTS,
     VariantSummary,
 )
 
@@ -67,6 +67,16 @@ def _variant_summary(run: CapacityRun, shape: str, source: str) -> VariantSummar
         steps=[_step(p) for p in r.probes], notes=r.notes, fidelity=None, live_shadow=None)
 
 
+def _read_input(path, load, errors: type[Exception], kind: str, inputs: list[InputFile]):
+    """``(path, load(path))``, its error as a ReportError; the file's hash recorded in ``inputs``."""
+    try:
+        item = load(path)
+    except errors as e:
+        raise ReportError(str(e)) from None
+    inputs.append(InputFile(kind=kind, path=str(path), sha256=sha256_file(Path(path))))
+    return Path(path), item
+
+
 def build_report(
     *,
     capacity: Sequence[Path],
@@ -88,20 +98,9 @@ def build_report(
                           "or `twinserve demo` writes one)")
     catalog: PriceCatalog = load_prices(prices)
     inputs = [InputFile(kind="prices", path=str(prices), sha256=sha256_file(Path(prices)))]
-    results: list[tuple[Path, CapacityRun]] = []
-    for p in capacity:
-        try:
-            results.append((Path(p), load_capacity_run(p)))
-        except CapacityFileError as e:
-            raise ReportError(str(e)) from None
-        inputs.append(InputFile(kind="capacity", path=str(p), sha256=sha256_file(Path(p))))
-    gpu_caps = []
-    for p in gpu_capacity:
-        try:
-            gpu_caps.append((Path(p), load_gpu_capacity(p)))
-        except GpuCapacityError as e:
-            raise ReportError(str(e)) from None
-        inputs.append(InputFile(kind="gpu_capacity", path=str(p), sha256=sha256_file(Path(p))))
+    results: list[tuple[Path, CapacityRun]] = [_read_input(p, load_capacity_run, CapacityFileError, "capacity", inputs)
+                                               for p in capacity]
+    gpu_caps = [_read_input(p, load_gpu_capacity, GpuCapacityError, "gpu_capacity", inputs) for p in gpu_capacity]
     crits = {(s.criteria.slo_p99_ms, s.criteria.max_error_ratio, s.criteria.min_achieved_ratio)
              for _, r in results for s in r.searches.values()}
     crits |= {(g.slo.slo_p99_ms, g.slo.max_error_ratio, g.slo.min_achieved_ratio) for _, g in gpu_caps}
@@ -153,10 +152,9 @@ def build_report(
                     served = {c.name: c for c in m.frontier}.get(m.cpu_variant.candidate)
                     f = next(iter(served.fidelity.values())) if served is not None else f
                 variants[name].fidelity = (
-                    Fidelity(mean_cosine=1.0, p5_cosine=1.0, recall_at_10=1.0, n_texts=m.corpus.n_heldout,
-                             source=f"{mpath}: the dense model is the reference") if f is None else
-                    Fidelity(mean_cosine=f.mean_cosine, p5_cosine=f.p5_cosine, recall_at_10=f.recall_at_10,
-                             n_texts=f.n_texts, source=f"{mpath}: held-out {m.corpus.source} text"))
+                    SourcedFidelity(mean_cosine=1.0, p5_cosine=1.0, recall_at_10=1.0, n_texts=m.corpus.n_heldout,
+                                    source=f"{mpath}: the dense model is the reference") if f is None else
+                    SourcedFidelity(**f.model_dump(), source=f"{mpath}: held-out {m.corpus.source} text"))
     else:
         notes.append("no artifact manifest given (--manifest): offline fidelity is not shown")
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from service._schema import VARIANTS
 from service.cost.capacity import CapacityCell, Measurement
 from service.cost.gpu import BreakEven, break_even_x_slo
 from service.cost.model import Crossover, Offer, blended_usd_per_million, crossover, split_fleet
 from service.cost.prices import PriceCatalog
-from service.cost.report.schema import CrossoverInfo, Fleet, FleetChoice, FleetRow, ReportConfig, ReportError, VARIANTS
+from service.cost.report.schema import Fleet, FleetChoice, FleetRow, ReportConfig, ReportError
 
 
 def _choose(cells: Sequence[CapacityCell], variant: str, wanted: str | None) -> CapacityCell | None:
@@ -66,8 +67,7 @@ def build_fleet(cells: Sequence[CapacityCell], config: ReportConfig) -> tuple[Fl
                                 capacity_rps=c.capacity_rps, projected=c.projected,
                                 usd_per_million_at_u=c.usd_per_million_at_u,
                                 usd_per_million_at_u1=c.usd_per_million_at_u1) for v, c in chosen.items()},
-        crossover=CrossoverInfo(cheaper_at_scale=cross.cheaper_at_scale, other=cross.other, rate_rps=cross.rate_rps,
-                                first_cheaper_rps=cross.first_cheaper_rps, note=cross.note),
+        crossover=cross,
         dense_share=config.dense_share,
         blended_usd_per_million_at_u=blended_usd_per_million(per_m, shares),
         blended_usd_per_million_at_u1=blended_usd_per_million(per_m1, shares),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from service._schema import load_json
 from service.cost.prometheus import Fetch, PromQL, PrometheusError, http_get
 from service.cost.report.schema import DEFAULT_SHADOW_METRIC, LiveShadow, ReportError
 
@@ -29,12 +30,8 @@ def read_manifest(path: Path):
 def read_bench(path: Path):
     from service.bench import BenchResult
 
-    try:
-        return BenchResult.model_validate_json(path.read_text())
-    except FileNotFoundError:
-        raise ReportError(f"bench results {path} not found: run `twinserve bench` first") from None
-    except (ValidationError, ValueError) as e:
-        raise ReportError(f"{path} is not a twinserve bench result: {e}") from None
+    return load_json(path, BenchResult, what="twinserve bench result", error=ReportError,
+                     missing="run `twinserve bench` first")
 
 
 def query_shadow_agreement(prometheus_url: str, *, metric: str = DEFAULT_SHADOW_METRIC, window: str = "1h",

@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 from service._platform import feature_names
+from service._schema import VARIANTS
 from service.capacity_search import SearchResult, plot_searches
 from service.cost import _plots
 from service.cost._doc import Doc
-from service.cost.report.schema import Report, VARIANTS
+from service.cost.report.schema import Report
 
 
 def _f(x: float | None, fmt: str = ".3g", none: str = "n/a") -> str:

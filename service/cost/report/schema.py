@@ -4,26 +4,24 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from service._schema import Strict
 from service.cost.capacity import CapacityCell, Measurement
 from service.cost.gpu import BreakEven
+from service.cost.model import Crossover
 from service.cost.prices import InstancePrice
+from service.artifacts.manifest import Fidelity
 
 
 DEFAULT_SHADOW_METRIC = "ray_twinserve_shadow"
-VARIANTS = ("dense", "pruned")
 
 
 class ReportError(ValueError):
     """An input of the report is missing or inconsistent."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ReportConfig(_Strict):
+class ReportConfig(Strict):
     utilisation: float = Field(0.7, gt=0, le=1, description="target utilisation u of each instance")
     dense_share: float = Field(0.5, ge=0, le=1, description="share of routed traffic sent to dense in the A/B split")
     dense_share_source: str | None = Field(
@@ -37,7 +35,7 @@ class ReportConfig(_Strict):
     shadow_metric: str = Field(DEFAULT_SHADOW_METRIC, description="prefix of the shadow counters (<prefix>_cosine_sum_total, <prefix>_texts_total), label `variant`")
 
 
-class Criteria(_Strict):
+class Criteria(Strict):
     """What every capacity in the report had to meet, as the load tests recorded it."""
 
     slo_p99_ms: float = Field(description="client-side p99 latency within which a rate counts, ms")
@@ -45,7 +43,7 @@ class Criteria(_Strict):
     min_achieved_ratio: float = Field(description="answered rate must be at least this share of the offered rate")
 
 
-class CostCell(_Strict):
+class CostCell(Strict):
     usd_per_million_at_u: float | None
     usd_per_million_at_u1: float | None
     projected: bool
@@ -53,13 +51,13 @@ class CostCell(_Strict):
     capacity_rps: float | None
 
 
-class InputFile(_Strict):
+class InputFile(Strict):
     kind: str
     path: str
     sha256: str
 
 
-class StepSummary(_Strict):
+class StepSummary(Strict):
     """One probe of the capacity search, in the order run."""
 
     phase: str = Field(description="ramp, bisect or confirm (a repeat)")
@@ -74,7 +72,7 @@ class StepSummary(_Strict):
     reasons: list[str]
 
 
-class ShapeCapacity(_Strict):
+class ShapeCapacity(Strict):
     """X_slo of one variant at one request shape, as its search found it."""
 
     shape: str
@@ -93,22 +91,20 @@ class ShapeCapacity(_Strict):
     notes: list[str]
 
 
-class Fidelity(_Strict):
-    mean_cosine: float
-    p5_cosine: float
-    recall_at_10: float
-    n_texts: int
+class SourcedFidelity(Fidelity):
+    """The manifest's fidelity of a variant, and the manifest it was read from."""
+
     source: str
 
 
-class LiveShadow(_Strict):
+class LiveShadow(Strict):
     mean_cosine: float | None
     samples: float | None
     query: str
     note: str = ""
 
 
-class VariantSummary(_Strict):
+class VariantSummary(Strict):
     variant: str
     x_slo_rps: float | None = Field(description="measured X_slo on `hardware` at `shape`, req/s (the figure the "
                                                 "costs use); None: no rate met the SLO twice")
@@ -126,12 +122,12 @@ class VariantSummary(_Strict):
     generator_late_at_x_slo: bool | None = Field(description="the generator sent late (p99) at X_slo's confirm probe")
     steps: list[StepSummary] = Field(description="the probes of the costed shape's search")
     notes: list[str]
-    fidelity: Fidelity | None = Field(description="from the manifest: agreement with dense on held-out text")
+    fidelity: SourcedFidelity | None = Field(description="from the manifest: agreement with dense on held-out text")
     live_shadow: LiveShadow | None = Field(description="from Prometheus: live shadow agreement")
     other_measurements: list[Measurement] = Field(default_factory=list)
 
 
-class FleetChoice(_Strict):
+class FleetChoice(Strict):
     variant: str
     instance: str
     price_usd_per_hour: float
@@ -141,24 +137,16 @@ class FleetChoice(_Strict):
     usd_per_million_at_u1: float
 
 
-class FleetRow(_Strict):
+class FleetRow(Strict):
     rate_rps: float
     instances: dict[str, int] = Field(description="single-variant fleets serving all of R, and the split fleet")
     usd_per_hour: dict[str, float] = Field(description="keys: dense, pruned (all traffic on it), split")
 
 
-class CrossoverInfo(_Strict):
-    cheaper_at_scale: str | None
-    other: str | None
-    rate_rps: float | None
-    first_cheaper_rps: float | None
-    note: str
-
-
-class Fleet(_Strict):
+class Fleet(Strict):
     utilisation: float
     choices: dict[str, FleetChoice]
-    crossover: CrossoverInfo | None
+    crossover: Crossover | None
     dense_share: float
     blended_usd_per_million_at_u: float | None = Field(description="A/B split at steady state (floors amortised)")
     blended_usd_per_million_at_u1: float | None
@@ -166,7 +154,7 @@ class Fleet(_Strict):
     note: str = ""
 
 
-class BenchRow(_Strict):
+class BenchRow(Strict):
     variant: str
     batch: int
     seq_len: int
@@ -175,7 +163,7 @@ class BenchRow(_Strict):
     speedup_vs_dense: float | None
 
 
-class BenchSummary(_Strict):
+class BenchSummary(Strict):
     hardware: str
     device: str
     threads: int
@@ -183,7 +171,7 @@ class BenchSummary(_Strict):
     rows: list[BenchRow]
 
 
-class Report(_Strict):
+class Report(Strict):
     schema_version: int = 2
     created_at: datetime
     inputs: list[InputFile]
