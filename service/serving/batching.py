@@ -4,9 +4,16 @@ Requests (each a list of token-id lists) queue; one batch runs at a time (the ru
 every thread it was given), in a worker thread, so the event loop keeps taking HTTP requests while
 it computes. A batch takes queued requests first come, first served, up to ``max_batch_size``
 texts; after the first request of a batch it waits ``batch_wait_timeout_s`` for company (0: none,
-the next batch forms from what queued while the previous one ran). Past ``max_queued_requests``
-waiting, :meth:`MicroBatcher.submit` raises :class:`QueueFull` at once, so overload is shed, not
-queued. A request whose caller gave up (cancelled) before its batch starts is dropped from it.
+the next batch forms from what queued while the previous one ran). A request whose caller gave up
+(cancelled) before its batch starts is dropped from it.
+
+Admission is by the wait a request would have, not by a count of requests: the batcher keeps the
+runtime's recent cost per text (an exponential average over batches) and refuses, with
+:class:`QueueFull` at once, a request whose texts would start after ``max_queue_delay_s`` (the
+texts queued and running ahead of it, times that cost). One request of 8 texts weighs eight of one
+text, so shedding starts where the wait, and so p99, would leave the budget, whatever the request
+shape (a fixed count of requests was either too tight for single texts or too loose for eight).
+``max_queued_requests`` stays as a hard bound.
 
 Why not ``@serve.batch``: it needs a Serve replica context (so no unit test without Ray), records
 six Ray metrics per batch, and has no queue bound; this is the batching loop single-process
@@ -29,7 +36,7 @@ log = logging.getLogger("ray.serve")
 
 
 class QueueFull(RuntimeError):
-    """More requests are waiting than the batcher holds."""
+    """The request would wait longer than the batcher's budget, or more requests wait than it holds."""
 
 
 @dataclass
@@ -39,12 +46,17 @@ class _Request:
 
 
 class MicroBatcher:
+    COST_SMOOTHING = 0.2  # weight of the newest batch in the average cost per text
+
     def __init__(self, run: Callable[[list[list[int]]], np.ndarray], *, max_batch_size: int,
-                 batch_wait_timeout_s: float, max_queued_requests: int,
+                 batch_wait_timeout_s: float, max_queued_requests: int, max_queue_delay_s: float | None = None,
                  on_batch: Callable[[int, float], None] | None = None):
         self.run, self.max_batch_size = run, max_batch_size
         self.batch_wait_timeout_s, self.max_queued_requests = batch_wait_timeout_s, max_queued_requests
+        self.max_queue_delay_s = max_queue_delay_s
         self.on_batch = on_batch  # (texts, seconds in the runtime) after every batch
+        self.cost_per_text_s: float | None = None  # measured: None until the first batch ran
+        self._queued_texts = self._running_texts = 0
         self._queue: deque[_Request] = deque()
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -54,18 +66,30 @@ class MicroBatcher:
         """Requests waiting for a batch (not counting the one running)."""
         return len(self._queue)
 
+    def expected_wait_s(self, texts: int = 0) -> float | None:
+        """How long texts submitted now would wait to start (``texts`` more, the request's own, count
+        too: they ride in the same batch); None before the first batch measured the cost."""
+        if self.cost_per_text_s is None:
+            return None
+        return (self._queued_texts + self._running_texts + texts) * self.cost_per_text_s
+
     async def submit(self, ids: list[list[int]]) -> np.ndarray:
         """Embeddings [len(ids), dim] for one request; its texts stay in one batch."""
         if len(ids) > self.max_batch_size:
             raise ValueError(f"a request of {len(ids)} texts cannot fit a batch of {self.max_batch_size}")
         if len(self._queue) >= self.max_queued_requests:
             raise QueueFull(f"{len(self._queue)} requests are waiting, the most this replica queues")
+        wait = self.expected_wait_s(len(ids)) if self.max_queue_delay_s is not None else None
+        if wait is not None and wait > self.max_queue_delay_s and (self._queue or self._running_texts):
+            raise QueueFull(f"it would wait about {wait * 1e3:.0f} ms for the runtime, over this replica's "
+                            f"{self.max_queue_delay_s * 1e3:.0f} ms budget")
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done():
             self._wakeup = asyncio.Event()
             self._task = loop.create_task(self._loop())
         request = _Request(ids, loop.create_future())
         self._queue.append(request)
+        self._queued_texts += len(ids)
         self._wakeup.set()
         return await request.future
 
@@ -75,11 +99,13 @@ class MicroBatcher:
             head = self._queue[0]
             if head.future.done():  # its caller gave up while it waited
                 self._queue.popleft()
+                self._queued_texts -= len(head.ids)
                 continue
             if texts + len(head.ids) > self.max_batch_size:
                 break
             batch.append(self._queue.popleft())
             texts += len(head.ids)
+        self._queued_texts -= texts
         return batch
 
     async def _loop(self) -> None:
@@ -94,6 +120,7 @@ class MicroBatcher:
             if not batch:
                 continue
             ids = [x for r in batch for x in r.ids]
+            self._running_texts = len(ids)
             t0 = loop.time()
             try:
                 emb = await asyncio.to_thread(self.run, ids)
@@ -102,6 +129,11 @@ class MicroBatcher:
                     if not r.future.done():
                         r.future.set_exception(e)
                 continue
+            finally:
+                self._running_texts = 0
+            cost = (loop.time() - t0) / len(ids)
+            a = self.COST_SMOOTHING
+            self.cost_per_text_s = cost if self.cost_per_text_s is None else a * cost + (1 - a) * self.cost_per_text_s
             if self.on_batch is not None:
                 try:
                     self.on_batch(len(ids), loop.time() - t0)

@@ -118,6 +118,10 @@ class CpuVariantConfig(BatchingConfig):
     max_queued_requests: PositiveInt = Field(
         64, description="requests waiting for a batch in one ingress replica; past it the variant sheds "
                         "(routed requests fall back to dense, pinned ones get 429)")
+    max_queue_delay_s: confloat(gt=0.0, le=10.0) | None = Field(
+        0.05, description="shed a request whose texts would wait longer than this for the runtime (the texts "
+                          "ahead of it times the measured cost per text), so that shedding starts where p99 "
+                          "would leave the SLO whatever the texts per request; null: only max_queued_requests")
     graph: Literal["manifest", "pruned.onnx"] = Field(
         "manifest", description="what the CPU variant runs: the manifest's cpu_variant (the runtime and precision "
                                 "the job proved fastest within the fidelity floor), or pruned.onnx on ONNX Runtime "

@@ -10,7 +10,11 @@ in C, with ``Retry-After``, and kept accepted p99 at 0.18 s. With gRPC between r
 (``ray_haproxy_environment``) 8 / 50 ms answered 312 req/s out of 332 offered at accepted p99
 95 ms, and shed nothing at 96 req/s, where 6 / 20 ms shed 4 of 11,520 (one run each).
 
-So ``twinserve serve`` puts HAProxy on the public port. At most ``max_in_flight`` requests are
+So ``twinserve serve`` puts HAProxy on the public port. Since the CPU variant moved into the
+ingress, the edge is a bound on the Python work in flight (32 requests), and the admission rule
+proper is the CPU variant's wait budget (``pruned.max_queue_delay_s``, by texts, in
+:mod:`service.serving.batching`): a count of requests cannot tell one text from eight, and 8 in
+flight shed single texts at 70-85% of the rate the server carried within the SLO. At most ``max_in_flight`` requests are
 inside Ray Serve at once; the next ones wait at the edge up to ``queue_timeout_ms`` and are then
 answered 503 with ``Retry-After`` and a JSON body in the API's error shape. The binary is the one
 Ray Serve itself ships (the ``ray-haproxy`` package, a dependency of ``ray[serve]``), or
@@ -47,8 +51,10 @@ class EdgeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_in_flight: PositiveInt = Field(
-        8, description="requests inside Ray Serve at once; size it to throughput x latency budget "
-                       "(8 carries ~300 single-text req/s on 2 cores with accepted p99 under 0.1 s)")
+        32, description="requests inside Ray Serve at once: a bound on the Python work in flight, not the "
+                        "admission rule (the CPU variant's wait budget is, by texts); 8 shed single texts at "
+                        "70-85% of what the server carried within the SLO, 32 shed none there (2 cores, "
+                        "BENCHMARKS.md, 'Admission')")
     queue_timeout_ms: PositiveInt = Field(
         50, description="longest wait at the edge before a 503, milliseconds; short stalls of a busy machine "
                         "must fit in it, or requests are shed at moderate load")

@@ -38,7 +38,8 @@ class CpuVariant:
         self.backend, self.tokenizer, self.timeout_s = backend, backend.tokenizer, timeout_s
         self.batcher = MicroBatcher(self._run, max_batch_size=config.max_batch_size,
                                     batch_wait_timeout_s=config.batch_wait_timeout_s,
-                                    max_queued_requests=config.max_queued_requests, on_batch=on_batch)
+                                    max_queued_requests=config.max_queued_requests,
+                                    max_queue_delay_s=config.max_queue_delay_s, on_batch=on_batch)
         self.dim = int(backend.embed(["dimension probe"]).shape[1])
 
     def _run(self, ids: list[list[int]]) -> np.ndarray:
@@ -48,8 +49,8 @@ class CpuVariant:
     async def embed(self, ids: list[list[int]]) -> np.ndarray:
         try:
             return await asyncio.wait_for(self.batcher.submit(ids), self.timeout_s)
-        except QueueFull:
-            raise VariantUnavailable(self.variant, "is shedding load (its queue is full)", shed=True) from None
+        except QueueFull as e:
+            raise VariantUnavailable(self.variant, f"is shedding load ({e})", shed=True) from None
         except (TimeoutError, asyncio.CancelledError):
             raise
         except Exception as e:  # the runtime failed: counted, and a routed request falls back

@@ -40,7 +40,7 @@ def test_serve_weight_must_be_a_fraction(capsys):
 
 def test_serve_admission_flags_are_checked(capsys):
     args = build_parser().parse_args(["serve"])
-    assert (args.max_in_flight, args.queue_timeout_ms, args.ray_ingress) == (8, 50, "haproxy")
+    assert (args.max_in_flight, args.queue_timeout_ms, args.ray_ingress) == (32, 50, "haproxy")
     assert build_parser().parse_args(["serve", "--max-in-flight", "0"]).max_in_flight == 0  # no edge
     for bad in (["--max-in-flight", "-1"], ["--queue-timeout-ms", "0"], ["--ray-ingress", "nginx"]):
         with pytest.raises(SystemExit):
