@@ -42,7 +42,7 @@ def _edge_setting(text: str) -> tuple[int, int]:
 
 
 def measure(artifacts: Path, rates: dict[str, list[float]], edges: list[tuple[int, int]], window_s: float,
-            slo_p99_ms: float) -> dict:
+            slo_p99_ms: float, queue_delays_ms: list[float | None], include_no_edge: bool = True) -> dict:
     import ray
     from ray import serve
 
@@ -61,11 +61,15 @@ def measure(artifacts: Path, rates: dict[str, list[float]], edges: list[tuple[in
     try:
         inner = free_port()
         with serve_http("127.0.0.1", inner, None) as direct:
-            serve.run(build_app({"artifact_dir": str(artifacts)}), name="admission", route_prefix="/")
-            wait_ready(direct, 180)
-            for shape, shape_rates in rates.items():
+            for delay_ms in queue_delays_ms:
+              budget = None if delay_ms is None else delay_ms / 1e3
+              serve.run(build_app({"artifact_dir": str(artifacts), "pruned": {"max_queue_delay_s": budget}}),
+                        name="admission", route_prefix="/")
+              wait_ready(direct, 180)
+              time.sleep(5)  # the replaced replicas drain; Ray's HAProxy learns the new ones
+              for shape, shape_rates in rates.items():
                 for rate in shape_rates:
-                    for setting in [None, *edges]:
+                    for setting in ([None] if include_no_edge else []) + list(edges):
                         if setting is None:
                             cfg, url, edge = "none", direct, None
                         else:
@@ -80,7 +84,7 @@ def measure(artifacts: Path, rates: dict[str, list[float]], edges: list[tuple[in
                             if edge is not None:
                                 edge.__exit__(None, None, None)
                         shed = p.status_counts.get("503", 0)
-                        row = {"shape": shape, "rate_rps": rate, "edge": cfg, "sent": p.sent, "ok": p.ok,
+                        row = {"shape": shape, "rate_rps": rate, "edge": cfg, "queue_delay_ms": delay_ms, "sent": p.sent, "ok": p.ok,
                                "shed": shed, "shed_ratio": shed / p.sent if p.sent else 0.0,
                                "other_errors": p.errors - shed, "answered_rps": p.answered_rps,
                                "p50_ms": p.latency.p50_ms if p.latency else None,
@@ -88,7 +92,7 @@ def measure(artifacts: Path, rates: dict[str, list[float]], edges: list[tuple[in
                                "machine_cpu_cores": p.machine_cpu_cores, "passed": p.passed, "reasons": p.reasons}
                         rows.append(row)
                         p99 = f"{row['p99_ms']:8.1f}" if row["p99_ms"] is not None else "     n/a"
-                        print(f"{shape:>2} texts {rate:7.1f} req/s  edge {cfg:>6}  answered {p.answered_rps:7.1f}  "
+                        print(f"budget {delay_ms} ms  {shape:>2} texts {rate:7.1f} req/s  edge {cfg:>6}  answered {p.answered_rps:7.1f}  "
                               f"p99 {p99} ms  shed {row['shed_ratio']:6.2%}  other errors {row['other_errors']:4d}  "
                               f"{'pass' if p.passed else '; '.join(p.reasons)}", flush=True)
     finally:
@@ -106,6 +110,11 @@ def main() -> None:
     p.add_argument("--rates-8", type=float, nargs="*", default=[160, 208, 256], help="req/s at 8 texts per request")
     p.add_argument("--edge", type=_edge_setting, nargs="+", default=[(8, 50), (32, 80)],
                    help="edge settings IN_FLIGHT:QUEUE_MS to compare with no edge")
+    p.add_argument("--queue-delays-ms", type=lambda t: None if t == "off" else float(t), nargs="+",
+                   default=[50.0], help="the CPU variant's wait budgets to compare (pruned.max_queue_delay_s, ms; "
+                                        "'off': none), one application each")
+    p.add_argument("--no-edge", action=argparse.BooleanOptionalAction, default=True,
+                   help="also measure Serve without an edge (default: yes)")
     p.add_argument("--window-s", type=float, default=8.0, help="measured seconds per probe (after 2 s warm-up)")
     p.add_argument("--slo-p99-ms", type=float, default=100.0)
     p.add_argument("--out", type=Path, default=Path("results/admission.json"))
@@ -115,7 +124,7 @@ def main() -> None:
     os.environ.update(ray_haproxy_environment())  # before Ray starts, as `twinserve serve` does
     t0 = time.monotonic()
     result = measure(args.artifacts.resolve(), {"1": args.rates_1, "8": args.rates_8}, args.edge, args.window_s,
-                     args.slo_p99_ms)
+                     args.slo_p99_ms, args.queue_delays_ms, args.no_edge)
     result["command"] = "python -m service.serving._admission " + " ".join(sys.argv[1:])
     result["wall_s"] = time.monotonic() - t0
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -9,8 +9,8 @@ the next batch forms from what queued while the previous one ran). A request who
 
 Admission is by the wait a request would have, not by a count of requests: the batcher keeps the
 runtime's recent cost per text (an exponential average over batches) and refuses, with
-:class:`QueueFull` at once, a request whose texts would start after ``max_queue_delay_s`` (the
-texts queued and running ahead of it, times that cost). One request of 8 texts weighs eight of one
+:class:`QueueFull` at once, a request whose texts would not be embedded within ``max_queue_delay_s``
+(what is left of the running batch, then the texts queued ahead of it and its own, at that cost). One request of 8 texts weighs eight of one
 text, so shedding starts where the wait, and so p99, would leave the budget, whatever the request
 shape (a fixed count of requests was either too tight for single texts or too loose for eight).
 ``max_queued_requests`` stays as a hard bound.
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,13 +51,15 @@ class MicroBatcher:
 
     def __init__(self, run: Callable[[list[list[int]]], np.ndarray], *, max_batch_size: int,
                  batch_wait_timeout_s: float, max_queued_requests: int, max_queue_delay_s: float | None = None,
-                 on_batch: Callable[[int, float], None] | None = None):
+                 on_batch: Callable[[int, float], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.run, self.max_batch_size = run, max_batch_size
         self.batch_wait_timeout_s, self.max_queued_requests = batch_wait_timeout_s, max_queued_requests
-        self.max_queue_delay_s = max_queue_delay_s
+        self.max_queue_delay_s, self._clock = max_queue_delay_s, clock
         self.on_batch = on_batch  # (texts, seconds in the runtime) after every batch
         self.cost_per_text_s: float | None = None  # measured: None until the first batch ran
         self._queued_texts = self._running_texts = 0
+        self._running_since = 0.0
         self._queue: deque[_Request] = deque()
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -67,11 +70,14 @@ class MicroBatcher:
         return len(self._queue)
 
     def expected_wait_s(self, texts: int = 0) -> float | None:
-        """How long texts submitted now would wait to start (``texts`` more, the request's own, count
-        too: they ride in the same batch); None before the first batch measured the cost."""
+        """How long until ``texts`` submitted now are embedded: what is left of the running batch, then
+        the queued texts and its own at the measured cost per text (batches run back to back); None
+        before the first batch measured the cost."""
         if self.cost_per_text_s is None:
             return None
-        return (self._queued_texts + self._running_texts + texts) * self.cost_per_text_s
+        c = self.cost_per_text_s
+        running_left = max(0.0, self._running_texts * c - (self._clock() - self._running_since))
+        return running_left + (self._queued_texts + texts) * c
 
     async def submit(self, ids: list[list[int]]) -> np.ndarray:
         """Embeddings [len(ids), dim] for one request; its texts stay in one batch."""
@@ -81,7 +87,7 @@ class MicroBatcher:
             raise QueueFull(f"{len(self._queue)} requests are waiting, the most this replica queues")
         wait = self.expected_wait_s(len(ids)) if self.max_queue_delay_s is not None else None
         if wait is not None and wait > self.max_queue_delay_s and (self._queue or self._running_texts):
-            raise QueueFull(f"it would wait about {wait * 1e3:.0f} ms for the runtime, over this replica's "
+            raise QueueFull(f"it would take about {wait * 1e3:.0f} ms in the runtime's queue, over this replica's "
                             f"{self.max_queue_delay_s * 1e3:.0f} ms budget")
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done():
@@ -120,7 +126,7 @@ class MicroBatcher:
             if not batch:
                 continue
             ids = [x for r in batch for x in r.ids]
-            self._running_texts = len(ids)
+            self._running_texts, self._running_since = len(ids), self._clock()
             t0 = loop.time()
             try:
                 emb = await asyncio.to_thread(self.run, ids)

@@ -119,9 +119,11 @@ class CpuVariantConfig(BatchingConfig):
         64, description="requests waiting for a batch in one ingress replica; past it the variant sheds "
                         "(routed requests fall back to dense, pinned ones get 429)")
     max_queue_delay_s: confloat(gt=0.0, le=10.0) | None = Field(
-        0.05, description="shed a request whose texts would wait longer than this for the runtime (the texts "
-                          "ahead of it times the measured cost per text), so that shedding starts where p99 "
-                          "would leave the SLO whatever the texts per request; null: only max_queued_requests")
+        0.1, description="shed a request whose texts would not be embedded within this (what is left of the "
+                         "running batch, then the texts ahead of it and its own, at the measured cost per text): "
+                         "it would miss the SLO anyway, so shedding starts where p99 would leave it, whatever "
+                         "the texts per request; the default is the capacity search's SLO, 100 ms; null: only "
+                         "max_queued_requests")
     graph: Literal["manifest", "pruned.onnx"] = Field(
         "manifest", description="what the CPU variant runs: the manifest's cpu_variant (the runtime and precision "
                                 "the job proved fastest within the fidelity floor), or pruned.onnx on ONNX Runtime "

@@ -119,27 +119,30 @@ def test_a_batch_window_waits_for_company():
 
 def test_admission_weighs_texts_not_requests_against_the_wait_budget():
     rt = Runtime()
+    now = [100.0]  # the batcher's clock, moved by hand
     batcher = MicroBatcher(rt, max_batch_size=32, batch_wait_timeout_s=0.0, max_queued_requests=64,
-                           max_queue_delay_s=0.05)
+                           max_queue_delay_s=0.05, clock=lambda: now[0])
 
     async def main():
         assert await batcher.submit([[1]] * 8) is not None  # idle and unmeasured: always admitted
         assert batcher.cost_per_text_s is not None and batcher.cost_per_text_s > 0  # measured by that batch
         batcher.cost_per_text_s = 0.004  # 4 ms per text, as if measured
         rt.gate.clear()
-        running = asyncio.ensure_future(batcher.submit([[2]] * 4))  # 4 texts running: 16 ms ahead of anyone
+        running = asyncio.ensure_future(batcher.submit([[2]] * 4))  # a batch of 4 texts starts: 16 ms of work
         await asyncio.sleep(0.05)
-        assert batcher.expected_wait_s(1) == pytest.approx(0.020)
-        queued = [asyncio.ensure_future(batcher.submit([[3]] * 3)) for _ in range(2)]  # 6 texts: 24 + 16 + 3*4 ok
+        now[0] += 0.006  # 6 ms into it: 10 ms left
+        assert batcher.expected_wait_s(1) == pytest.approx(0.010 + 0.004)
+        queued = [asyncio.ensure_future(batcher.submit([[3]] * 3)) for _ in range(2)]  # 10 + 6 x 4 = 34 ms: in
         await asyncio.sleep(0.01)
         with pytest.raises(QueueFull, match="over this replica's 50 ms budget"):
-            await batcher.submit([[4]] * 8)  # (4 running + 6 queued + 8) x 4 ms = 72 ms
-        one = asyncio.ensure_future(batcher.submit([[5]]))  # (4 + 6 + 1) x 4 ms = 44 ms: admitted
+            await batcher.submit([[4]] * 8)  # 10 + (6 + 8) x 4 = 66 ms
+        one = asyncio.ensure_future(batcher.submit([[5]] * 3))  # 10 + (6 + 3) x 4 = 46 ms: admitted
         await asyncio.sleep(0.01)
-        assert batcher.expected_wait_s() == pytest.approx((4 + 7) * 0.004)
+        now[0] += 0.1  # the running batch overran its estimate: nothing of it is counted any more
+        assert batcher.expected_wait_s() == pytest.approx(9 * 0.004)
         rt.gate.set()
         return await asyncio.gather(running, *queued, one)
 
     results = asyncio.run(main())
-    assert [len(r) for r in results] == [4, 3, 3, 1]
+    assert [len(r) for r in results] == [4, 3, 3, 3]
     assert batcher.expected_wait_s() == 0.0  # nothing queued or running once all answered
