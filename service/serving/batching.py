@@ -10,7 +10,10 @@ the next batch forms from what queued while the previous one ran). A request who
 Admission is by the wait a request would have, not by a count of requests: the batcher keeps the
 runtime's recent cost per text (an exponential average over batches) and refuses, with
 :class:`QueueFull` at once, a request whose texts would not be embedded within ``max_queue_delay_s``
-(what is left of the running batch, then the texts queued ahead of it and its own, at that cost). One request of 8 texts weighs eight of one
+(what is left of the running batch, then the texts queued ahead of it and its own, at that cost)
+while the queue is really slow: its oldest request has already waited half the budget. The
+estimate alone shed 0.2-0.4% of the locustfile's mix with p99 under 50 ms (texts of uneven
+length make the cost per text jumpy); the observed wait keeps it honest. One request of 8 texts weighs eight of one
 text, so shedding starts where the wait, and so p99, would leave the budget, whatever the request
 shape (a fixed count of requests was either too tight for single texts or too loose for eight).
 ``max_queued_requests`` stays as a hard bound.
@@ -44,6 +47,7 @@ class QueueFull(RuntimeError):
 class _Request:
     ids: list[list[int]]
     future: asyncio.Future
+    queued_at: float = 0.0
 
 
 class MicroBatcher:
@@ -79,6 +83,10 @@ class MicroBatcher:
         running_left = max(0.0, self._running_texts * c - (self._clock() - self._running_since))
         return running_left + (self._queued_texts + texts) * c
 
+    def oldest_wait_s(self) -> float:
+        """How long the oldest queued request has waited so far (0 when none waits)."""
+        return self._clock() - self._queue[0].queued_at if self._queue else 0.0
+
     async def submit(self, ids: list[list[int]]) -> np.ndarray:
         """Embeddings [len(ids), dim] for one request; its texts stay in one batch."""
         if len(ids) > self.max_batch_size:
@@ -86,14 +94,14 @@ class MicroBatcher:
         if len(self._queue) >= self.max_queued_requests:
             raise QueueFull(f"{len(self._queue)} requests are waiting, the most this replica queues")
         wait = self.expected_wait_s(len(ids)) if self.max_queue_delay_s is not None else None
-        if wait is not None and wait > self.max_queue_delay_s and (self._queue or self._running_texts):
+        if wait is not None and wait > self.max_queue_delay_s and self.oldest_wait_s() > self.max_queue_delay_s / 2:
             raise QueueFull(f"it would take about {wait * 1e3:.0f} ms in the runtime's queue, over this replica's "
                             f"{self.max_queue_delay_s * 1e3:.0f} ms budget")
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done():
             self._wakeup = asyncio.Event()
             self._task = loop.create_task(self._loop())
-        request = _Request(ids, loop.create_future())
+        request = _Request(ids, loop.create_future(), self._clock())
         self._queue.append(request)
         self._queued_texts += len(ids)
         self._wakeup.set()

@@ -117,7 +117,7 @@ def test_a_batch_window_waits_for_company():
     assert rt.batches == [[[1], [2]]]
 
 
-def test_admission_weighs_texts_not_requests_against_the_wait_budget():
+def test_admission_weighs_texts_not_requests_against_the_wait_budget_once_the_queue_is_slow():
     rt = Runtime()
     now = [100.0]  # the batcher's clock, moved by hand
     batcher = MicroBatcher(rt, max_batch_size=32, batch_wait_timeout_s=0.0, max_queued_requests=64,
@@ -132,17 +132,20 @@ def test_admission_weighs_texts_not_requests_against_the_wait_budget():
         await asyncio.sleep(0.05)
         now[0] += 0.006  # 6 ms into it: 10 ms left
         assert batcher.expected_wait_s(1) == pytest.approx(0.010 + 0.004)
-        queued = [asyncio.ensure_future(batcher.submit([[3]] * 3)) for _ in range(2)]  # 10 + 6 x 4 = 34 ms: in
+        queued = [asyncio.ensure_future(batcher.submit([[3]] * 3)) for _ in range(2)]
         await asyncio.sleep(0.01)
-        with pytest.raises(QueueFull, match="over this replica's 50 ms budget"):
-            await batcher.submit([[4]] * 8)  # 10 + (6 + 8) x 4 = 66 ms
-        one = asyncio.ensure_future(batcher.submit([[5]] * 3))  # 10 + (6 + 3) x 4 = 46 ms: admitted
+        # 10 + (6 + 8) x 4 = 66 ms > 50, but nothing has waited yet: a young queue is not shed on the estimate
+        big = asyncio.ensure_future(batcher.submit([[4]] * 8))
         await asyncio.sleep(0.01)
-        now[0] += 0.1  # the running batch overran its estimate: nothing of it is counted any more
-        assert batcher.expected_wait_s() == pytest.approx(9 * 0.004)
+        now[0] += 0.034  # the oldest queued request has waited 34 ms, over half the budget
+        assert batcher.oldest_wait_s() == pytest.approx(0.034)
+        assert batcher.expected_wait_s() == pytest.approx(14 * 0.004)  # the running batch overran: 0 left
+        for texts in (8, 1):  # (14 + 8) x 4 = 88 ms, (14 + 1) x 4 = 60 ms: both over 50
+            with pytest.raises(QueueFull, match="over this replica's 50 ms budget"):
+                await batcher.submit([[5]] * texts)
         rt.gate.set()
-        return await asyncio.gather(running, *queued, one)
+        return await asyncio.gather(running, *queued, big)
 
     results = asyncio.run(main())
-    assert [len(r) for r in results] == [4, 3, 3, 3]
-    assert batcher.expected_wait_s() == 0.0  # nothing queued or running once all answered
+    assert [len(r) for r in results] == [4, 3, 3, 8]
+    assert batcher.expected_wait_s() == 0.0 and batcher.oldest_wait_s() == 0.0  # nothing left once all answered
