@@ -120,8 +120,8 @@ class CpuVariantConfig(BatchingConfig):
                         "(routed requests fall back to dense, pinned ones get 429)")
     max_queue_delay_s: confloat(gt=0.0, le=10.0) | None = Field(
         0.1, description="shed a request whose texts would not be embedded within this (what is left of the "
-                         "running batch, then the texts ahead of it and its own, at the measured cost per text): "
-                         "it would miss the SLO anyway, so shedding starts where p99 would leave it, whatever "
+                         "running batch, then the texts ahead of it and its own, at the measured cost per text), "
+                         "once the oldest queued request has waited half of it: it would miss the SLO anyway, so shedding starts where p99 would leave it, whatever "
                          "the texts per request; the default is the capacity search's SLO, 100 ms; null: only "
                          "max_queued_requests")
     graph: Literal["manifest", "pruned.onnx"] = Field(
