@@ -68,11 +68,6 @@ class MicroBatcher:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
 
-    @property
-    def queued(self) -> int:
-        """Requests waiting for a batch (not counting the one running)."""
-        return len(self._queue)
-
     def expected_wait_s(self, texts: int = 0) -> float | None:
         """How long until ``texts`` submitted now are embedded: what is left of the running batch, then
         the queued texts and its own at the measured cost per text (batches run back to back); None
@@ -128,7 +123,7 @@ class MicroBatcher:
             while not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            if self.batch_wait_timeout_s > 0 and sum(len(r.ids) for r in self._queue) < self.max_batch_size:
+            if self.batch_wait_timeout_s > 0 and self._queued_texts < self.max_batch_size:
                 await asyncio.sleep(self.batch_wait_timeout_s)
             batch = self._take()
             if not batch:
@@ -145,12 +140,12 @@ class MicroBatcher:
                 continue
             finally:
                 self._running_texts = 0
-            cost = (loop.time() - t0) / len(ids)
-            a = self.COST_SMOOTHING
+            seconds = loop.time() - t0
+            a, cost = self.COST_SMOOTHING, seconds / len(ids)
             self.cost_per_text_s = cost if self.cost_per_text_s is None else a * cost + (1 - a) * self.cost_per_text_s
             if self.on_batch is not None:
                 try:
-                    self.on_batch(len(ids), loop.time() - t0)
+                    self.on_batch(len(ids), seconds)
                 except Exception:  # metrics must not stop the batches
                     log.exception("twinserve: recording a batch failed")
             start = 0
