@@ -75,7 +75,8 @@ def _cmd_serve(args: argparse.Namespace) -> None:
              log_to_driver=False, _metrics_export_port=args.metrics_port)
     edge_error = None
     try:
-        with serve_http(args.host, args.port, edge, edge_metrics_port=args.edge_metrics_port):
+        with serve_http(args.host, args.port, edge, edge_metrics_port=args.edge_metrics_port,
+                        edge_access_log=args.edge_access_log):
             serve.run(build_app(cfg), name="twinserve", route_prefix="/")
             _announce(args, art)
             while True:
@@ -157,6 +158,10 @@ def add_commands(sub) -> None:
     se.add_argument("--edge-metrics-port", type=positive_int,
                     help="HAProxy's Prometheus exporter for the edge on 127.0.0.1:PORT/metrics: requests it shed "
                          "never reach Ray's metrics (default: off)")
+    se.add_argument("--edge-access-log", type=Path,
+                    help="append one line per request to this file: status, ms from the request's first byte at "
+                         "the edge to the answer's last, ms queued at the edge (the latency at the service's "
+                         "boundary; `twinserve reliability` reads it; default: off)")
     se.add_argument("--ray-ingress", choices=("haproxy", "proxy"), default="haproxy",
                     help="how requests enter Ray Serve: its HAProxy ingress straight to the router replica "
                          "(default; about half the overhead on 2 cores), or its Python proxy actor")

@@ -36,8 +36,8 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
-__all__ = ["Edge", "EdgeConfig", "EdgeError", "check_port_free", "ray_haproxy_environment", "render_config",
-           "serve_http"]
+__all__ = ["ACCESS_LOG_FORMAT", "Edge", "EdgeConfig", "EdgeError", "check_port_free", "ray_haproxy_environment",
+           "read_access_log", "render_config", "serve_http"]
 
 
 HTTP_REQUEST_TIMEOUT_S = 30  # longest a client may take to send its whole request (headers and body)
@@ -73,13 +73,21 @@ def _error_response(status: int, code: str, message: str, retry_after_s: int) ->
     return "\r\n".join(head) + "\r\n\r\n" + body + "\n"
 
 
+ACCESS_LOG_FORMAT = "%ST %Ta %Tw"  # status, ms from the request's first byte to the answer's last, ms queued
+
+
 def render_config(cfg: EdgeConfig, *, listen_host: str, listen_port: int, backend_port: int, error_dir: Path,
-                  metrics_port: int | None = None) -> str:
+                  metrics_port: int | None = None, access_log: bool = False) -> str:
     """haproxy.cfg for the edge; writes the JSON error responses it names into ``error_dir``.
 
     With ``metrics_port``, HAProxy's Prometheus exporter answers on ``127.0.0.1:metrics_port/metrics``:
     the requests the edge shed are there (``haproxy_frontend_http_responses_total{proxy="twinserve",
     code="5xx"}``), and nowhere in Ray's metrics, since they never reached Ray.
+
+    With ``access_log``, HAProxy writes one line per request to its standard output in
+    :data:`ACCESS_LOG_FORMAT` (:func:`read_access_log` parses it): the latency of each request at
+    the service's boundary, which a load generator sharing the machine cannot measure without its
+    own lateness in it.
     """
     retry = cfg.retry_after_s
     # What HAProxy itself answers, in the API's JSON error shape instead of its HTML pages. Its 400
@@ -101,7 +109,10 @@ def render_config(cfg: EdgeConfig, *, listen_host: str, listen_port: int, backen
         "global",
         "    maxconn 4096",
         "    nbthread 1",  # C is not the bottleneck here; the Python behind it is
+        *(["    log stdout format raw local0 info"] if access_log else []),
         "defaults",
+        # dontlognull: a connection that sent nothing (a readiness check's connect) is not a request
+        *(["    log global", f'    log-format "{ACCESS_LOG_FORMAT}"', "    option dontlognull"] if access_log else []),
         "    mode http",
         "    timeout connect 2s",
         f"    timeout client {cfg.request_timeout_s}s",
@@ -164,11 +175,11 @@ class Edge:
     """
 
     def __init__(self, cfg: EdgeConfig, *, listen_host: str, listen_port: int, backend_port: int,
-                 metrics_port: int | None = None):
+                 metrics_port: int | None = None, access_log: Path | None = None):
         self.cfg, self.listen_host, self.listen_port, self.backend_port = cfg, listen_host, listen_port, backend_port
-        self.metrics_port = metrics_port
+        self.metrics_port, self.access_log = metrics_port, access_log
         self._dir: tempfile.TemporaryDirectory | None = None
-        self._log = None
+        self._log = self._access = None
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -181,7 +192,8 @@ class Edge:
         d = Path(self._dir.name)
         conf = d / "haproxy.cfg"
         conf.write_text(render_config(self.cfg, listen_host=self.listen_host, listen_port=self.listen_port,
-                                      backend_port=self.backend_port, error_dir=d, metrics_port=self.metrics_port))
+                                      backend_port=self.backend_port, error_dir=d, metrics_port=self.metrics_port,
+                                      access_log=self.access_log is not None))
         binary = haproxy_binary()
         try:
             check_port_free(self.listen_host, self.listen_port)
@@ -194,8 +206,10 @@ class Edge:
             raise EdgeError(f"HAProxy refused the edge configuration: {(check.stderr or check.stdout).strip()}")
         # -db: stay in the foreground, so this process owns it and a crash of ours takes it down.
         self._log = open(d / "haproxy.log", "w+")  # closed in _cleanup()
-        self.proc = subprocess.Popen([binary, "-db", "-f", str(conf)], stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+        # The access log (when asked for) is HAProxy's standard output; its own messages go to stderr.
+        self._access = open(self.access_log, "a") if self.access_log is not None else None
+        self.proc = subprocess.Popen([binary, "-db", "-f", str(conf)], stdin=subprocess.DEVNULL,
+                                     stdout=self._access or self._log, stderr=self._log if self._access else subprocess.STDOUT)
         self._wait_listening()
         return self
 
@@ -231,13 +245,28 @@ class Edge:
         self._cleanup()
 
     def _cleanup(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        for f in (self._log, self._access):
+            if f is not None:
+                f.close()
+        self._log = self._access = None
         if self._dir is not None:
             self._dir.cleanup()
             self._dir = None
 
+
+def read_access_log(path: Path, offset: int = 0) -> tuple[list[tuple[int, float, float]], int]:
+    """The edge's access log from byte ``offset``: ``(status, total ms, queued ms)`` per request
+    (times HAProxy could not take are -1), and the offset after the last whole line."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read()
+    end = data.rfind(b"\n") + 1
+    rows = []
+    for line in data[:end].decode(errors="replace").splitlines():
+        parts = line.split()
+        if len(parts) == 3 and all(p.lstrip("-").isdigit() for p in parts):
+            rows.append((int(parts[0]), float(parts[1]), float(parts[2])))
+    return rows, offset + end
 
 
 def ray_haproxy_environment() -> dict[str, str]:
@@ -283,7 +312,8 @@ def ray_haproxy_environment() -> dict[str, str]:
 
 
 @contextmanager
-def serve_http(host: str, port: int, edge: EdgeConfig | None, *, edge_metrics_port: int | None = None) -> Iterator[str]:
+def serve_http(host: str, port: int, edge: EdgeConfig | None, *, edge_metrics_port: int | None = None,
+               edge_access_log: Path | None = None) -> Iterator[str]:
     """Start Ray Serve's HTTP listener in the connected Ray instance; yield the URL clients use.
 
     Without ``edge``, Serve listens on ``host:port`` itself. With it, Serve listens on a loopback
@@ -300,5 +330,6 @@ def serve_http(host: str, port: int, edge: EdgeConfig | None, *, edge_metrics_po
         return
     inner = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": inner})
-    with Edge(edge, listen_host=host, listen_port=port, backend_port=inner, metrics_port=edge_metrics_port) as e:
+    with Edge(edge, listen_host=host, listen_port=port, backend_port=inner, metrics_port=edge_metrics_port,
+              access_log=edge_access_log) as e:
         yield e.url

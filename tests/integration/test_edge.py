@@ -9,12 +9,13 @@ The real service behind the edge is exercised by test_serve_cli.py.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import pytest
 
 from service._platform import free_port, metric_sum
-from service.serving.edge import Edge, EdgeConfig, EdgeError
+from service.serving.edge import Edge, EdgeConfig, EdgeError, read_access_log
 from tests.integration.standin_server import StandinServer
 
 SLOW_S = 0.5
@@ -26,9 +27,9 @@ def slow_backend():
         yield server
 
 
-def _edge(backend_port: int, metrics_port: int | None = None, **cfg) -> Edge:
+def _edge(backend_port: int, metrics_port: int | None = None, access_log=None, **cfg) -> Edge:
     return Edge(EdgeConfig(**cfg), listen_host="127.0.0.1", listen_port=free_port(), backend_port=backend_port,
-                metrics_port=metrics_port)
+                metrics_port=metrics_port, access_log=access_log)
 
 
 def test_requests_and_answers_pass_through_unchanged(slow_backend):
@@ -68,6 +69,27 @@ def test_beyond_max_in_flight_requests_wait_then_are_shed_with_json_and_retry_af
         assert _edge_5xx(metrics_port) == len(shed)  # visible to Prometheus, though Ray never saw them
         # The burst over, the slot is free again.
         assert httpx.post(f"{edge.url}/v1/embeddings", json={"input": "again"}, timeout=30).status_code == 200
+
+
+def test_the_access_log_times_each_request_at_the_edge_queue_included(slow_backend, tmp_path):
+    log = tmp_path / "edge-access.log"
+    with _edge(slow_backend.port, access_log=log, max_in_flight=1, queue_timeout_ms=2_000) as edge:
+        fast = httpx.post(f"{edge.url}/v1/embeddings", json={"input": "x"}, headers={"X-Variant": "dense"})
+        answers = asyncio.run(_concurrent(edge.url, 3))  # pruned: 0.5 s each, one at a time
+        assert fast.status_code == 200 and [r.status_code for r in answers] == [200] * 3
+        deadline = time.monotonic() + 5  # HAProxy writes the line once the answer is sent
+        while len(rows := read_access_log(log)[0]) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    rows, end = read_access_log(log)
+    assert end == log.stat().st_size and len(rows) == 4, log.read_text()
+    assert [status for status, _, _ in rows] == [200] * 4
+    first, *slow = rows
+    assert first[1] < SLOW_S * 1e3  # the dense stand-in answers at once
+    # One slot: the three slow requests took 0.5, 1.0 and 1.5 s, two of them mostly in the queue.
+    totals, queued = sorted(r[1] for r in slow), sorted(r[2] for r in slow)
+    assert totals[0] >= SLOW_S * 1e3 and totals[2] >= 3 * SLOW_S * 1e3, rows
+    assert queued[2] >= 2 * SLOW_S * 1e3 - 50, rows
+    assert read_access_log(log, end) == ([], end)  # reading on from the end finds nothing new
 
 
 def test_a_backend_that_is_not_listening_answers_503_json_not_a_hang():
