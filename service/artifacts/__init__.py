@@ -41,6 +41,6 @@ from service.artifacts.versions import (
 __all__ = [
     "DEFAULT_KEEP_VERSIONS", "MANIFEST_FILE", "ArtifactIntegrityError", "Manifest", "PublishError", "Version",
     "building", "collect", "file_sha256", "hash_directory", "hold", "lease_root", "list_versions", "load_manifest",
-    "pin", "prepare_leases", "publish", "publish_lock", "release", "remove_orphans", "resolve_version", "sync_tree", "unpin",
-    "verify_artifacts", "write_manifest",
+    "pin", "prepare_leases", "publish", "publish_lock", "release", "remove_orphans", "resolve_version", "sync_tree",
+    "unpin", "verify_artifacts", "write_manifest",
 ]
