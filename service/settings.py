@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, PositiveFloat, PositiveInt, SecretStr
+from pydantic import Field, PositiveFloat, PositiveInt, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["DEFAULT_MODEL_NAME", "Settings", "default_artifact_dir", "default_model_dir"]
@@ -30,6 +30,16 @@ class Settings(BaseSettings):
     artifact_lease_ttl_s: PositiveFloat = Field(
         600.0, description="a serving process's lease on the artifact version it loaded counts as a pin for this "
                            "long after its last refresh (every 60 s); `twinserve artifacts gc` and publishing honour it")
+    artifact_lease_dir: Path | None = Field(
+        None, description="writable directory for the serving processes' leases, one subdirectory per version "
+                          "(`<dir>/<version-dir-name>/<host>-<pid>-<uuid>`); unset or empty: `.leases` beside the "
+                          "versions (`<artifacts root>/.leases`). Serving and gc must see the same directory "
+                          "(the chart mounts that one from the artifacts volume, read-write, in the Ray workers)")
+
+    @field_validator("artifact_lease_dir", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v):
+        return None if v == "" else v
 
 
 def default_model_dir() -> Path:

@@ -29,8 +29,10 @@ from service.artifacts.versions import (
     Version,
     collect,
     hold,
+    lease_root,
     list_versions,
     pin,
+    prepare_leases,
     release,
     resolve_version,
     unpin,
@@ -38,7 +40,7 @@ from service.artifacts.versions import (
 
 __all__ = [
     "DEFAULT_KEEP_VERSIONS", "MANIFEST_FILE", "ArtifactIntegrityError", "Manifest", "PublishError", "Version",
-    "building", "collect", "file_sha256", "hash_directory", "hold", "list_versions", "load_manifest", "pin",
-    "publish", "publish_lock", "release", "remove_orphans", "resolve_version", "sync_tree", "unpin",
-    "verify_artifacts", "write_manifest",
+    "building", "collect", "file_sha256", "hash_directory", "hold", "lease_root", "list_versions", "load_manifest",
+    "pin", "prepare_leases", "publish", "publish_lock", "release", "remove_orphans", "resolve_version", "sync_tree",
+    "unpin", "verify_artifacts", "write_manifest",
 ]

@@ -36,7 +36,8 @@ __all__ = [
 MANIFEST_FILE = "manifest.json"
 SCHEMA_VERSION = 1
 # Bookkeeping at the top of a version directory, never part of the artifacts (nor hashed): the
-# build's lock, the serving processes' leases, an explicit pin (service.artifacts.versions).
+# build's lock, an explicit pin (service.artifacts.versions), and the serving processes' leases in
+# versions published before leases moved beside the versions (service.artifacts.versions.lease_root).
 BOOKKEEPING = frozenset({".build.lock", ".leases", ".pinned"})
 
 

@@ -3,11 +3,13 @@
 Layout, for ``out = artifacts/<name>``::
 
     artifacts/<name>                          symlink to the current version (what servers open)
-    artifacts/.<name>-<utc time>-<hash8>-<r>  a published version (manifest.json, files, .leases/)
+    artifacts/.<name>-<utc time>-<hash8>-<r>  a published version (manifest.json, files, .pinned)
     artifacts/.<name>.tmp-<uuid>/             a build in progress; holds .build.lock (flock) while alive
     artifacts/.<name>.publish.lock            flock: one publish (or gc, or clean-up) at a time
     artifacts/.<name>.link-<uuid>             the new link, for the instant before it replaces <name>
     artifacts/.<name>.trash-<uuid>/           a version being deleted by gc
+    artifacts/.leases/<version-dir-name>/     the serving processes' leases on that version (1777; unless
+                                              TWINSERVE_ARTIFACT_LEASE_DIR names another directory)
 
 A build is identified by the lock it holds, not by a PID (which repeats across hosts and
 containers: every pod is PID 1): clean-up removes a ``.tmp-*`` directory only when it can take
@@ -44,7 +46,8 @@ BUILD_LOCK = ".build.lock"
 DEFAULT_KEEP_VERSIONS = 3
 LOCKLESS_GRACE_S = 300.0  # a .tmp-* directory without a lock file (an old job's, or one killed before its
 #                           first write) is debris once it is this old
-LEASES_DIR = ".leases"
+LEASES_DIR = ".leases"  # the default lease directory, beside the versions (service.artifacts.versions.lease_root);
+#                         servers before it wrote <version>/.leases/, which gc still reads
 
 
 class PublishError(RuntimeError):
@@ -85,8 +88,7 @@ def sync_tree(root: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        if os.path.basename(dirpath) != LEASES_DIR:
-            os.chmod(dirpath, 0o755)
+        os.chmod(dirpath, 0o755)
         fsync_dir(dirpath)
 
 
@@ -208,18 +210,17 @@ def publish(build: Path, out: Path, tag: str, *, keep_versions: int = DEFAULT_KE
 
     Under the publish lock: sync the build, rename it to a version, point a new link at it,
     ``os.replace`` the link over ``out``, then keep the newest ``keep_versions`` versions and every
-    pinned or leased one (:func:`service.artifacts.versions.collect`). ``tag`` (hex, e.g. the inputs'
-    fingerprint) names the version. Returns the version directory.
+    pinned or leased one (:func:`service.artifacts.versions.collect`). The lease directory is made
+    if missing. ``tag`` (hex, e.g. the inputs' fingerprint) names the version. Returns the version directory.
     """
-    from service.artifacts.versions import _collect_locked
+    from service.artifacts.versions import _collect_locked, prepare_leases
 
     if keep_versions < 1:
         raise PublishError(f"keep_versions must be at least 1 (the current version), got {keep_versions}")
     with publish_lock(out, lock_timeout_s):
         _checkpoint("built")
-        (build / LEASES_DIR).mkdir(exist_ok=True)
+        prepare_leases(out)
         sync_tree(build)
-        os.chmod(build / LEASES_DIR, 0o1777)  # any serving user may lease (sticky: only its own files)
         _checkpoint("synced")
         version = out.parent / version_name(out.name, tag)
         os.rename(build, version)

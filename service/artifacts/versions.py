@@ -2,21 +2,26 @@
 
 A running server holds the version it resolved through a **lease**: each process that loads
 artifacts from a version directory (:func:`hold`, called by ``Backend.load``) writes
-``<version>/.leases/<host>-<pid>-<uuid>`` (JSON: host, pid, since) and a daemon thread touches it
-every ``LEASE_REFRESH_S`` seconds; a clean exit removes it. Garbage collection treats a lease
+``<lease dir>/<version-dir-name>/<host>-<pid>-<uuid>`` (JSON: host, pid, since) and a daemon
+thread touches it every ``LEASE_REFRESH_S`` seconds; a clean exit removes it. The lease dir
+(:func:`lease_root`) is ``TWINSERVE_ARTIFACT_LEASE_DIR`` or, unset, ``.leases`` beside the
+versions: outside the version directory, so a server that mounts the artifacts read-only can
+still lease them (the chart mounts ``<volume>/.leases`` a second time, read-write). Leases in the
+old place, ``<version>/.leases/``, are still read. Garbage collection treats a lease
 modified within the TTL (``TWINSERVE_ARTIFACT_LEASE_TTL_S``, default 600 s) as a pin, so a
 replica that restarts minutes after its process died still finds its files; a lease older than
 that is from a process that died and is ignored. An explicit pin (``<version>/.pinned``,
 ``twinserve artifacts pin``) never expires.
 
 :func:`collect` keeps the current version, the newest ``keep`` versions and every pinned or
-leased one, and removes the rest (renamed to ``.<name>.trash-<uuid>`` first, then deleted, so a
-half-deleted version never looks like a version).
+leased one, and removes the rest (its lease directory, then the version: renamed to
+``.<name>.trash-<uuid>`` first, then deleted, so a half-deleted version never looks like a version).
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import os
@@ -34,8 +39,8 @@ from service.artifacts import publishing as _publishing
 from service.artifacts.publishing import DEFAULT_KEEP_VERSIONS, LEASES_DIR, fsync_dir, publish_lock
 
 __all__ = [
-    "LEASE_REFRESH_S", "Lease", "Version", "collect", "default_lease_ttl_s", "hold", "list_versions", "pin",
-    "release", "resolve_version", "unpin",
+    "LEASE_REFRESH_S", "Lease", "Version", "collect", "default_lease_ttl_s", "hold", "lease_root", "list_versions",
+    "pin", "prepare_leases", "release", "resolve_version", "unpin",
 ]
 
 log = logging.getLogger(__name__)
@@ -51,6 +56,37 @@ def default_lease_ttl_s() -> float:
     from service.settings import Settings
 
     return Settings().artifact_lease_ttl_s
+
+
+def lease_root(parent: Path) -> Path:
+    """The directory holding the leases on the versions in ``parent`` (the artifacts root), one
+    subdirectory per version named as the version: ``TWINSERVE_ARTIFACT_LEASE_DIR``, or ``<parent>/.leases``."""
+    from service.settings import Settings
+
+    configured = Settings().artifact_lease_dir
+    return configured.expanduser().absolute() if configured is not None else parent / LEASES_DIR
+
+
+def _shared_dir(path: Path) -> None:
+    """Make ``path`` (and its parents); when this call made it, mode 1777: any serving user may lease
+    (sticky: each removes only its own files)."""
+    if path.is_dir():
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):  # made by another user in between: theirs to set
+        os.chmod(path, 0o1777)
+
+
+def prepare_leases(out: Path) -> Path:
+    """Make the lease directory of ``out``'s versions if missing (the pruning job does, as the serving
+    pods' user, before they mount it); return it. One it cannot make is logged: publishing goes on."""
+    root = lease_root(out.parent)
+    try:
+        _shared_dir(root)
+    except OSError as e:
+        log.warning("cannot make the lease directory %s (%s): servers cannot lease versions there", root,
+                    e.strerror or e)
+    return root
 
 
 @dataclass
@@ -97,12 +133,11 @@ def _size(path: Path) -> int:
     return total
 
 
-def _leases(version: Path, ttl_s: float, now: float) -> list[Lease]:
+def _leases(version: Path, root: Path, ttl_s: float, now: float) -> list[Lease]:
     out = []
-    d = version / LEASES_DIR
-    if not d.is_dir():
-        return out
-    for p in sorted(d.iterdir()):
+    # The lease directory, and <version>/.leases where servers from before it wrote theirs.
+    files = [p for d in (root / version.name, version / LEASES_DIR) if d.is_dir() for p in sorted(d.iterdir())]
+    for p in files:
         try:
             age = now - p.stat().st_mtime
         except FileNotFoundError:
@@ -129,6 +164,7 @@ def _read_pin(version: Path) -> dict | None:
 def list_versions(out: Path, *, lease_ttl_s: float | None = None, sizes: bool = True) -> list[Version]:
     """Every published version of ``out`` (``artifacts/<name>``), newest first."""
     ttl = default_lease_ttl_s() if lease_ttl_s is None else lease_ttl_s
+    root = lease_root(out.parent)
     current = out.resolve() if out.is_symlink() else None
     now = time.time()
     found = []
@@ -141,7 +177,7 @@ def list_versions(out: Path, *, lease_ttl_s: float | None = None, sizes: bool = 
         created = datetime.strptime(m["stamp"].ljust(21, "0"), "%Y%m%d-%H%M%S%f").replace(tzinfo=UTC)
         found.append((created, p.name, Version(
             path=p, created=created, current=p.resolve() == current, size_bytes=_size(p) if sizes else 0,
-            pin=_read_pin(p), leases=_leases(p, ttl, now))))
+            pin=_read_pin(p), leases=_leases(p, root, ttl, now))))
     found.sort(key=lambda t: (t[0], t[1]), reverse=True)
     return [v for *_, v in found]
 
@@ -151,7 +187,9 @@ def _collect_locked(out: Path, *, keep: int, lease_ttl_s: float | None, dry_run:
                if i >= keep and not v.current and not v.held]
     if dry_run:
         return [v.path for v in victims]
+    root = lease_root(out.parent)
     for v in victims:
+        shutil.rmtree(root / v.name, ignore_errors=True)  # expired leases first: killed here, the next gc ends it
         trash = out.parent / f".{out.name}.trash-{uuid.uuid4().hex}"
         os.rename(v.path, trash)
         fsync_dir(out.parent)
@@ -163,7 +201,8 @@ def _collect_locked(out: Path, *, keep: int, lease_ttl_s: float | None, dry_run:
 def collect(out: Path, *, keep: int = DEFAULT_KEEP_VERSIONS, lease_ttl_s: float | None = None,
             dry_run: bool = False, lock_timeout_s: float = 600.0) -> list[Path]:
     """Remove the versions of ``out`` beyond the newest ``keep`` that are neither current, pinned nor
-    leased (a lease younger than ``lease_ttl_s``); return them (with ``dry_run``: what would go)."""
+    leased (a lease younger than ``lease_ttl_s``), and their lease directories; return them (with
+    ``dry_run``: what would go)."""
     if keep < 1:
         raise ValueError(f"keep must be at least 1 (the current version), got {keep}")
     if dry_run:
@@ -225,8 +264,9 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 def hold(artifact_dir: str | Path, *, refresh: bool = True) -> Path | None:
     """Lease the version ``artifact_dir`` resolves to for as long as this process runs; return the lease
-    file. A directory that is not a published version (a copy, a fixture) needs none: None. A
-    version this process cannot write to is logged once and left to ``keep`` (None)."""
+    file (``<lease_root>/<version-dir-name>/<host>-<pid>-<uuid>``). A directory that is not a published
+    version (a copy, a fixture) needs none: None. A lease directory this process cannot write to is
+    logged once and the version left to ``keep`` (None)."""
     global _refresher
     version = Path(artifact_dir).resolve()
     if _is_version(version) is None:
@@ -234,14 +274,17 @@ def hold(artifact_dir: str | Path, *, refresh: bool = True) -> Path | None:
     with _lock:
         if version in _held:
             return _held[version]
-        lease = version / LEASES_DIR / f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        root = lease_root(version.parent)
+        lease = root / version.name / f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         try:
-            lease.parent.mkdir(exist_ok=True)
+            _shared_dir(root)
+            _shared_dir(lease.parent)
             lease.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
                                          "since": datetime.now(UTC).isoformat(timespec="seconds")}) + "\n")
         except OSError as e:
-            log.warning("cannot lease %s (%s): artifacts gc may remove it once %d newer versions are published",
-                        version, e.strerror or e, DEFAULT_KEEP_VERSIONS)
+            log.warning("cannot lease %s in %s (%s): artifacts gc may remove it once %d newer versions are "
+                        "published; set TWINSERVE_ARTIFACT_LEASE_DIR to a writable directory gc reads too",
+                        version, root, e.strerror or e, DEFAULT_KEEP_VERSIONS)
             return None
         _held[version] = lease
         if refresh and _refresher is None:
@@ -270,6 +313,7 @@ def _refresh_forever() -> None:
                 except FileNotFoundError:
                     if version.is_dir():  # someone removed the lease by hand: write it again
                         try:
+                            lease.parent.mkdir(parents=True, exist_ok=True)
                             lease.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}) + "\n")
                         except OSError:
                             pass

@@ -16,7 +16,7 @@ def _cmd_artifacts(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from service.artifacts import collect, list_versions, pin, resolve_version, unpin
+    from service.artifacts import collect, lease_root, list_versions, pin, resolve_version, unpin
     from service.settings import default_artifact_dir
 
     out = (args.dir or default_artifact_dir()).expanduser().absolute()
@@ -50,7 +50,7 @@ def _cmd_artifacts(args: argparse.Namespace) -> None:
         print(f"no published versions of {out.name} in {out.parent}")
         return
     now = datetime.now(UTC)
-    table = Table(title=f"twinserve artifacts: {out}")
+    table = Table(title=f"twinserve artifacts: {out}", caption=f"leases read from {lease_root(out.parent)}")
     for col in ("version", "current", "size", "age", "held by"):
         table.add_column(col, justify="left" if col in ("version", "held by") else "right")
     for v in versions:
@@ -72,7 +72,8 @@ def add_commands(sub) -> None:
         "artifacts", help="published artifact versions: list, gc, pin, unpin",
         description="Versions of an artifact directory (artifacts/<model> is a symlink to the current one): "
                     "which exist, their size and age, which a running server leases or a person pinned; gc removes "
-                    "the versions beyond the newest K that are neither current, pinned nor leased.")
+                    "the versions beyond the newest K that are neither current, pinned nor leased. Leases are "
+                    "read from TWINSERVE_ARTIFACT_LEASE_DIR, or <artifacts root>/.leases when unset.")
     acts = ar.add_subparsers(dest="action", required=True)
     ls = acts.add_parser("list", help="versions, the current one, size, age, pins and leases")
     gc = acts.add_parser("gc", help="remove unpinned, unleased versions beyond the newest K (never the current one)")

@@ -77,8 +77,14 @@ def _debris(out: Path) -> list[str]:
                   if any(k in p.name for k in (".tmp-", ".link-", ".trash-")))
 
 
+def _lease_dir(version: Path) -> Path:
+    """Where gc reads the leases on ``version`` by default: ``<artifacts root>/.leases/<version-dir-name>``."""
+    return version.parent / ".leases" / version.name
+
+
 @pytest.fixture
-def out(tmp_path) -> Path:
+def out(tmp_path, monkeypatch) -> Path:
+    monkeypatch.delenv("TWINSERVE_ARTIFACT_LEASE_DIR", raising=False)
     yield tmp_path / "arts" / "tiny"
     release()  # this process's leases
 
@@ -96,7 +102,7 @@ def test_publish_swings_the_link_and_files_are_world_readable_and_verified(out):
 def test_a_fresh_lease_keeps_a_version_through_publish_and_gc_until_it_expires(out):
     v1 = publish_fake(out, "aaaa0001")
     lease = hold(v1, refresh=False)  # a server resolved and loaded v1
-    assert lease is not None and lease.parent == v1 / ".leases"
+    assert lease is not None and lease.parent == _lease_dir(v1) and not (v1 / ".leases").exists()
     v2 = publish_fake(out, "aaaa0002", keep=1)
     v3 = publish_fake(out, "aaaa0003", keep=1)
     assert v1.is_dir() and not v2.exists() and out.resolve() == v3  # v2: not held, beyond K = 1
@@ -107,6 +113,7 @@ def test_a_fresh_lease_keeps_a_version_through_publish_and_gc_until_it_expires(o
     assert collect(out, keep=1, lease_ttl_s=TTL_S, dry_run=True) == [v1] and v1.is_dir()  # dry run: nothing goes
     assert collect(out, keep=1, lease_ttl_s=TTL_S) == [v1]
     assert not v1.exists() and _versions(out) == [v3] and _debris(out) == []
+    assert not _lease_dir(v1).exists()  # gc took the version's lease directory with it
 
 
 def test_gc_keeps_k_newest_the_current_and_pinned_versions(out):
@@ -138,13 +145,12 @@ def test_a_replica_restarting_after_two_publishes_loads_the_version_its_server_r
     remove_orphans(out)
     with building(out) as b:
         for p in tiny_artifacts.iterdir():
-            if p.name != ".leases":
-                (shutil.copytree if p.is_dir() else shutil.copy2)(p, b / p.name)
+            (shutil.copytree if p.is_dir() else shutil.copy2)(p, b / p.name)
         publish(b, out, "cccc0001")
     resolved = out.expanduser().resolve()  # service/serving/app.py: build_app
     first = OnnxBackend(resolved, variant="pruned", threads=1)
     first.load()  # the replica leases the version it loads
-    assert [p.name.split("-")[1] for p in (resolved / ".leases").iterdir()] == [str(os.getpid())]
+    assert [p.name.split("-")[1] for p in _lease_dir(resolved).iterdir()] == [str(os.getpid())]
     publish_fake(out, "cccc0002", keep=1)
     publish_fake(out, "cccc0003", keep=1)
     assert out.resolve() != resolved
@@ -167,7 +173,67 @@ def test_a_forked_child_leaves_its_parents_lease_alone(out):
 def test_hold_ignores_a_directory_that_is_not_a_published_version(tmp_path):
     plain = tmp_path / "copy"
     plain.mkdir()
-    assert hold(plain) is None and not (plain / ".leases").exists()
+    assert hold(plain) is None and not (plain / ".leases").exists() and not (tmp_path / ".leases").exists()
+
+
+def test_a_server_leasing_through_its_own_lease_mount_keeps_its_version_until_the_lease_expires(out, tmp_path):
+    """The chart's layout: the server sees the artifacts read-only and the lease directory at another path
+    (TWINSERVE_ARTIFACT_LEASE_DIR; here a symlink stands for the second mount of <volume>/.leases); gc, run
+    with nothing set, reads <artifacts root>/.leases. A server killed without a clean exit leaves its lease."""
+    v1 = publish_fake(out, "acac0001")
+    assert (out.parent / ".leases").stat().st_mode & 0o7777 == 0o1777  # made by publishing, for any serving user
+    mount = tmp_path / "mnt" / "leases"
+    mount.parent.mkdir()
+    mount.symlink_to(out.parent / ".leases")
+    ready = tmp_path / "ready"
+    log = tmp_path / "server.log"
+    server = subprocess.Popen(
+        [sys.executable, "-c", f"import time; from pathlib import Path; from service.artifacts import hold; "
+                               f"Path({str(ready)!r}).write_text(str(hold({str(v1)!r}))); time.sleep(600)"],
+        cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT,
+        env={**os.environ, "TWINSERVE_ARTIFACT_LEASE_DIR": str(mount)})
+    try:
+        _wait_for(lambda: ready.exists() and ready.read_text(), server, log, "the server's lease")
+        lease = Path(ready.read_text())
+        assert lease.parent == mount / v1.name and lease.is_file()
+        assert not (v1 / ".leases").exists()  # nothing written into the version
+        v3 = [publish_fake(out, f"acac000{i}", keep=1) for i in (2, 3)][-1]
+        assert v1.is_dir() and collect(out, keep=1, lease_ttl_s=TTL_S) == [] and v1.is_dir()
+        (held,) = [v for v in list_versions(out, lease_ttl_s=TTL_S) if v.path == v1]
+        assert held.held and [lease.path.name for lease in held.leases] == [lease.name]
+        assert f"pid {server.pid}" in held.leases[0].holder
+    finally:
+        server.kill()  # SIGKILL: no clean exit, the lease stays behind
+        server.wait(60)
+    assert (_lease_dir(v1) / lease.name).is_file()
+    assert collect(out, keep=1, lease_ttl_s=TTL_S) == []  # fresh still: the server may be restarting
+    _expire(_lease_dir(v1) / lease.name)
+    assert collect(out, keep=1, lease_ttl_s=TTL_S) == [v1]
+    assert _versions(out) == [v3] and not _lease_dir(v1).exists() and _debris(out) == []
+
+
+def test_hold_writes_where_the_lease_dir_setting_says(out, tmp_path, monkeypatch):
+    v1 = publish_fake(out, "adad0001")
+    elsewhere = tmp_path / "leases"
+    monkeypatch.setenv("TWINSERVE_ARTIFACT_LEASE_DIR", str(elsewhere))
+    lease = hold(v1, refresh=False)
+    assert lease.parent == elsewhere / v1.name and not any(_lease_dir(v1).parent.iterdir())
+    publish_fake(out, "adad0002", keep=1)
+    assert v1.is_dir()  # publishing's keep-K clean-up read the lease where it was written
+    _expire(lease)
+    assert collect(out, keep=1, lease_ttl_s=TTL_S) == [v1] and not (elsewhere / v1.name).exists()
+
+
+def test_leases_written_inside_a_version_by_older_servers_still_count(out):
+    v1 = publish_fake(out, "aeae0001")
+    old = v1 / ".leases" / "oldhost-7-0123456789ab"
+    old.parent.mkdir()
+    old.write_text('{"host": "oldhost", "pid": 7}\n')
+    publish_fake(out, "aeae0002", keep=1)
+    (held,) = [v for v in list_versions(out, lease_ttl_s=TTL_S) if v.path == v1]
+    assert v1.is_dir() and held.held and held.leases[0].holder == "oldhost pid 7"
+    _expire(old)
+    assert collect(out, keep=1, lease_ttl_s=TTL_S) == [v1]
 
 
 def test_a_second_publisher_waits_for_the_lock_then_fails_in_words(out):
@@ -293,6 +359,7 @@ def test_cli_list_gc_dry_run_pin(out, capsys):
     for v in vs:
         assert v.name in text
     assert "yes" in text and "pinned by" in text and "canary" in text and f"pid {os.getpid()}" in text
+    assert "leases read from" in text and str(out.parent / ".leases") in text.replace("\n", "")
     assert main(["artifacts", "gc", str(out), "--keep", "1", "--dry-run"]) == 0
     text = capsys.readouterr().out
     assert "would remove 1 version(s)" in text and vs[2].name in text  # vs[0] leased, vs[1] pinned

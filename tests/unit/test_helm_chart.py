@@ -228,3 +228,65 @@ def test_rolling_artifacts_or_weights_changes_only_serve_config_v2():
         after = rayservice(render(values))["spec"]
         assert after["rayClusterConfig"] == before["rayClusterConfig"], values
         assert after["serveConfigV2"] != before["serveConfigV2"], values
+
+
+@pytest.mark.parametrize("values", [None, CPU_ONLY], ids=["default", "cpu-only"])
+def test_serving_pods_read_artifacts_read_only_and_lease_through_a_writable_mount_gc_reads(values, monkeypatch):
+    """The artifacts volume is read-only in every Ray pod (serving cannot alter the model); the pods that
+    serve mount its lease directory a second time, read-write, and name it in TWINSERVE_ARTIFACT_LEASE_DIR.
+    The prune Job, as the same UID, sees the whole volume read-write, and its gc reads the leases at the
+    default lease directory of its artifacts root: the same directory of the volume."""
+    from pathlib import Path
+
+    from service.artifacts import lease_root
+    from service.artifacts.publishing import LEASES_DIR
+
+    docs = render(values)
+    specs = pod_specs(docs)
+    (job_name,) = [n for n in specs if n.startswith("Job ")]
+    (job,) = specs[job_name]["containers"]
+    job_root = Path({e["name"]: e.get("value") for e in job["env"]}["TWINSERVE_ARTIFACTS_ROOT"])
+    monkeypatch.delenv("TWINSERVE_ARTIFACT_LEASE_DIR", raising=False)
+    assert lease_root(job_root) == job_root / LEASES_DIR  # where the Job's gc reads the leases: <volume>/.leases
+    (pvc,) = [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    claim = pvc["metadata"]["name"]
+    serving = ["ray worker group dense", "ray worker group pruned"]
+    for name, spec in specs.items():
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        (c,) = spec["containers"]
+        mounts = {m["name"]: m for m in c["volumeMounts"]}
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        assert volumes["artifacts"]["persistentVolumeClaim"]["claimName"] == claim, name
+        if name == job_name:
+            assert "readOnly" not in volumes["artifacts"]["persistentVolumeClaim"] and "readOnly" not in mounts[
+                "artifacts"] and "subPath" not in mounts["artifacts"], name
+            assert "TWINSERVE_ARTIFACT_LEASE_DIR" not in env and "leases" not in volumes
+            continue
+        # Every Ray pod: the artifacts read-only, on the volume and on the mount.
+        assert volumes["artifacts"]["persistentVolumeClaim"]["readOnly"] is True, name
+        assert mounts["artifacts"] == {"name": "artifacts", "mountPath": "/artifacts", "readOnly": True}, name
+        for init in spec.get("initContainers", []):
+            assert all(m["readOnly"] is True for m in init["volumeMounts"]), name
+        if name not in serving:  # the head runs no replicas
+            assert "leases" not in volumes and "TWINSERVE_ARTIFACT_LEASE_DIR" not in env, name
+            continue
+        assert volumes["leases"] == {"name": "leases", "persistentVolumeClaim": {"claimName": claim}}, name
+        assert mounts["leases"] == {"name": "leases", "mountPath": "/leases", "subPath": LEASES_DIR}, name
+        assert env["TWINSERVE_ARTIFACT_LEASE_DIR"] == "/leases", name
+        (wait,) = spec["initContainers"]
+        assert "[ -d /artifacts/.leases ]" in wait["args"][0], name  # made by the Job (its UID), not the kubelet
+        assert spec["securityContext"]["runAsUser"] == specs[job_name]["securityContext"]["runAsUser"], name
+    # Without the Job nothing makes .leases: the workers wait for the artifacts only.
+    docs = render({"prune": {"enabled": False}})
+    for name in serving:
+        (wait,) = pod_specs(docs)[name]["initContainers"]
+        assert ".leases" not in wait["args"][0] and "manifest.json" in wait["args"][0], name
+
+
+def test_the_lease_mount_path_comes_from_values():
+    docs = render({"artifacts": {"leaseMountPath": "/var/run/twinserve/leases"}})
+    (c,) = pod_specs(docs)["ray worker group pruned"]["containers"]
+    assert {"name": "TWINSERVE_ARTIFACT_LEASE_DIR", "value": "/var/run/twinserve/leases"} in c["env"]
+    assert {"name": "leases", "mountPath": "/var/run/twinserve/leases", "subPath": ".leases"} in c["volumeMounts"]
+    report = lint({"artifacts": {"leaseMountPath": "leases"}})  # relative: refused
+    assert report["errors"] or any(m["severity"] == 3 for m in report["messages"]), report

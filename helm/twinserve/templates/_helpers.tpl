@@ -57,25 +57,44 @@ serveConfigV2: the Ray Serve config (ServeDeploySchema) built from .Values.serve
 {{- printf "'%s'" (toJson .) -}}
 {{- end -}}
 
-{{/* Volumes and mounts every Ray container shares: artifacts (read-only), /tmp, /dev/shm. */}}
+{{/*
+Volumes and mounts of a Ray pod: artifacts (read-only: serving cannot alter the model), /tmp,
+/dev/shm; in the pods that serve (.serves: the worker groups), the same claim a second time,
+read-write, with subPath .leases: the lease directory (TWINSERVE_ARTIFACT_LEASE_DIR), where each
+replica leases the version it loaded. The prune Job sees it as <mountPath>/.leases, where its gc
+reads leases by default, and makes it (as the pods' UID) before the workers start. The head runs
+no replicas (head.rayCpus "0") and mounts no lease directory. Called with (dict "root" . "serves" bool).
+*/}}
 {{- define "twinserve.rayVolumes" -}}
+{{- $ := .root -}}
 - name: artifacts
   persistentVolumeClaim:
-    claimName: {{ include "twinserve.claimName" . }}
+    claimName: {{ include "twinserve.claimName" $ }}
     readOnly: true
+{{- if .serves }}
+- name: leases
+  persistentVolumeClaim:
+    claimName: {{ include "twinserve.claimName" $ }}
+{{- end }}
 - name: tmp
   emptyDir:
-    sizeLimit: {{ .Values.tmpSizeLimit }}
+    sizeLimit: {{ $.Values.tmpSizeLimit }}
 - name: dshm
   emptyDir:
     medium: Memory
-    sizeLimit: {{ .Values.shmSizeLimit }}
+    sizeLimit: {{ $.Values.shmSizeLimit }}
 {{- end -}}
 
 {{- define "twinserve.rayMounts" -}}
+{{- $ := .root -}}
 - name: artifacts
-  mountPath: {{ .Values.artifacts.mountPath }}
+  mountPath: {{ $.Values.artifacts.mountPath }}
   readOnly: true
+{{- if .serves }}
+- name: leases
+  mountPath: {{ $.Values.artifacts.leaseMountPath }}
+  subPath: .leases
+{{- end }}
 - name: tmp
   mountPath: /tmp
 - name: dshm
@@ -83,23 +102,30 @@ serveConfigV2: the Ray Serve config (ServeDeploySchema) built from .Values.serve
 {{- end -}}
 
 {{- define "twinserve.env" -}}
+{{- $ := .root -}}
 - name: TWINSERVE_ARTIFACTS_ROOT
-  value: {{ .Values.artifacts.mountPath | quote }}
+  value: {{ $.Values.artifacts.mountPath | quote }}
+{{- if .serves }}
+- name: TWINSERVE_ARTIFACT_LEASE_DIR
+  value: {{ $.Values.artifacts.leaseMountPath | quote }}
+{{- end }}
 - name: HOME
   value: /tmp
-{{- if .Values.adminToken.existingSecret }}
+{{- if $.Values.adminToken.existingSecret }}
 - name: TWINSERVE_ADMIN_TOKEN
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.adminToken.existingSecret }}
+      name: {{ $.Values.adminToken.existingSecret }}
       key: token
 {{- end }}
 {{- end -}}
 
 {{/*
-Workers wait until the pruning job has published artifacts. The pod template names no artifact
-directory, so moving the served directory (artifacts.serveName) changes only serveConfigV2, which
-KubeRay applies to the running cluster in place instead of building a new one.
+Workers wait until the pruning job has published artifacts and, with the Job enabled, made the
+lease directory (<mountPath>/.leases): a subPath missing when the Ray container starts would be
+made by the kubelet, as root, and the replicas (UID 10001) could not lease. The pod template names
+no artifact directory, so moving the served directory (artifacts.serveName) changes only
+serveConfigV2, which KubeRay applies to the running cluster in place instead of building a new one.
 */}}
 {{- define "twinserve.waitForArtifacts" -}}
 - name: wait-for-artifacts
@@ -108,8 +134,9 @@ KubeRay applies to the running cluster in place instead of building a new one.
   command: ["/bin/sh", "-c"]
   args:
     - >-
-      until ls {{ .Values.artifacts.mountPath | trimSuffix "/" }}/*/manifest.json >/dev/null 2>&1; do
-      echo "waiting for the prune Job to publish artifacts under {{ .Values.artifacts.mountPath }}"; sleep 10; done
+      until ls {{ .Values.artifacts.mountPath | trimSuffix "/" }}/*/manifest.json >/dev/null 2>&1
+      {{- if .Values.prune.enabled }} && [ -d {{ .Values.artifacts.mountPath | trimSuffix "/" }}/.leases ]{{ end }}; do
+      echo "waiting for the prune Job to publish artifacts{{ if .Values.prune.enabled }} and make .leases{{ end }} under {{ .Values.artifacts.mountPath }}"; sleep 10; done
   resources:
     requests: {cpu: 10m, memory: 16Mi}
     limits: {cpu: 100m, memory: 64Mi}
@@ -121,7 +148,7 @@ KubeRay applies to the running cluster in place instead of building a new one.
       readOnly: true
 {{- end -}}
 
-{{/* The Ray container of a group: image, ports, env, resources, security, mounts. */}}
+{{/* The Ray container of a group: image, ports, env, resources, security, mounts (.serves: the lease mount). */}}
 {{- define "twinserve.rayContainer" -}}
 {{- $ := .root -}}
 - name: {{ .name }}
@@ -136,13 +163,13 @@ KubeRay applies to the running cluster in place instead of building a new one.
     - {name: serve, containerPort: {{ $.Values.serve.httpPort }}}
     - {name: metrics, containerPort: {{ $.Values.metricsPort }}}
   env:
-    {{- include "twinserve.env" $ | nindent 4 }}
+    {{- include "twinserve.env" (dict "root" $ "serves" .serves) | nindent 4 }}
   resources:
     {{- toYaml .resources | nindent 4 }}
   securityContext:
     {{- toYaml $.Values.containerSecurityContext | nindent 4 }}
   volumeMounts:
-    {{- include "twinserve.rayMounts" $ | nindent 4 }}
+    {{- include "twinserve.rayMounts" (dict "root" $ "serves" .serves) | nindent 4 }}
 {{- end -}}
 
 {{- define "twinserve.podSpecCommon" -}}
