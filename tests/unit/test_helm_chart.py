@@ -266,21 +266,27 @@ def test_serving_pods_read_artifacts_read_only_and_lease_through_a_writable_moun
         assert volumes["artifacts"]["persistentVolumeClaim"]["readOnly"] is True, name
         assert mounts["artifacts"] == {"name": "artifacts", "mountPath": "/artifacts", "readOnly": True}, name
         for init in spec.get("initContainers", []):
-            assert all(m["readOnly"] is True for m in init["volumeMounts"]), name
+            assert {m["name"]: m.get("readOnly") for m in init["volumeMounts"]}["artifacts"] is True, name
         if name not in serving:  # the head runs no replicas
             assert "leases" not in volumes and "TWINSERVE_ARTIFACT_LEASE_DIR" not in env, name
             continue
         assert volumes["leases"] == {"name": "leases", "persistentVolumeClaim": {"claimName": claim}}, name
         assert mounts["leases"] == {"name": "leases", "mountPath": "/leases", "subPath": LEASES_DIR}, name
         assert env["TWINSERVE_ARTIFACT_LEASE_DIR"] == "/leases", name
+        # The init container (the pod's UID) makes .leases on the whole claim, so the kubelet never
+        # makes the subPath root-owned, whether or not a Job ran since the last upgrade.
         (wait,) = spec["initContainers"]
-        assert "[ -d /artifacts/.leases ]" in wait["args"][0], name  # made by the Job (its UID), not the kubelet
+        init_mounts = {m["name"]: m for m in wait["volumeMounts"]}
+        assert "subPath" not in init_mounts["leases"] and not init_mounts["leases"].get("readOnly"), name
+        made = f"{init_mounts['leases']['mountPath']}/{LEASES_DIR}"
+        script = wait["args"][0]
+        assert f"mkdir -p -m 1777 {made}" in script and script.index("manifest.json") < script.index("mkdir"), name
         assert spec["securityContext"]["runAsUser"] == specs[job_name]["securityContext"]["runAsUser"], name
-    # Without the Job nothing makes .leases: the workers wait for the artifacts only.
+    # Without the Job the workers still make it.
     docs = render({"prune": {"enabled": False}})
     for name in serving:
         (wait,) = pod_specs(docs)[name]["initContainers"]
-        assert ".leases" not in wait["args"][0] and "manifest.json" in wait["args"][0], name
+        assert f"/{LEASES_DIR}" in wait["args"][0] and "manifest.json" in wait["args"][0], name
 
 
 def test_the_lease_mount_path_comes_from_values():

@@ -62,7 +62,7 @@ Volumes and mounts of a Ray pod: artifacts (read-only: serving cannot alter the 
 /dev/shm; in the pods that serve (.serves: the worker groups), the same claim a second time,
 read-write, with subPath .leases: the lease directory (TWINSERVE_ARTIFACT_LEASE_DIR), where each
 replica leases the version it loaded. The prune Job sees it as <mountPath>/.leases, where its gc
-reads leases by default, and makes it (as the pods' UID) before the workers start. The head runs
+reads leases by default; the workers' init container makes it (twinserve.waitForArtifacts). The head runs
 no replicas (head.rayCpus "0") and mounts no lease directory. Called with (dict "root" . "serves" bool).
 */}}
 {{- define "twinserve.rayVolumes" -}}
@@ -121,11 +121,14 @@ no replicas (head.rayCpus "0") and mounts no lease directory. Called with (dict 
 {{- end -}}
 
 {{/*
-Workers wait until the pruning job has published artifacts and, with the Job enabled, made the
-lease directory (<mountPath>/.leases): a subPath missing when the Ray container starts would be
-made by the kubelet, as root, and the replicas (UID 10001) could not lease. The pod template names
-no artifact directory, so moving the served directory (artifacts.serveName) changes only
-serveConfigV2, which KubeRay applies to the running cluster in place instead of building a new one.
+Workers wait until the pruning job has published artifacts, then make the lease directory
+(<mountPath>/.leases, mode 1777) if it is missing: as the pods' UID, through the claim's second,
+writable volume, which only this init container mounts whole (the Ray container mounts its .leases
+subPath). Made here, it never depends on a Job having run since an upgrade; left to the kubelet,
+a missing subPath would be made root-owned and the replicas (UID 10001) could not lease. The pod
+template names no artifact directory, so moving the served directory (artifacts.serveName) changes
+only serveConfigV2, which KubeRay applies to the running cluster in place instead of building a
+new one.
 */}}
 {{- define "twinserve.waitForArtifacts" -}}
 - name: wait-for-artifacts
@@ -134,9 +137,9 @@ serveConfigV2, which KubeRay applies to the running cluster in place instead of 
   command: ["/bin/sh", "-c"]
   args:
     - >-
-      until ls {{ .Values.artifacts.mountPath | trimSuffix "/" }}/*/manifest.json >/dev/null 2>&1
-      {{- if .Values.prune.enabled }} && [ -d {{ .Values.artifacts.mountPath | trimSuffix "/" }}/.leases ]{{ end }}; do
-      echo "waiting for the prune Job to publish artifacts{{ if .Values.prune.enabled }} and make .leases{{ end }} under {{ .Values.artifacts.mountPath }}"; sleep 10; done
+      until ls {{ .Values.artifacts.mountPath | trimSuffix "/" }}/*/manifest.json >/dev/null 2>&1; do
+      echo "waiting for the prune Job to publish artifacts under {{ .Values.artifacts.mountPath }}"; sleep 10; done;
+      mkdir -p -m 1777 /twinserve-volume/.leases
   resources:
     requests: {cpu: 10m, memory: 16Mi}
     limits: {cpu: 100m, memory: 64Mi}
@@ -146,6 +149,8 @@ serveConfigV2, which KubeRay applies to the running cluster in place instead of 
     - name: artifacts
       mountPath: {{ .Values.artifacts.mountPath }}
       readOnly: true
+    - name: leases
+      mountPath: /twinserve-volume
 {{- end -}}
 
 {{/* The Ray container of a group: image, ports, env, resources, security, mounts (.serves: the lease mount). */}}
