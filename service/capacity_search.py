@@ -136,8 +136,9 @@ def search_capacity(probe: Probe, plan: SearchPlan, criteria: SloCriteria | None
     notes: list[str] = []
     spent = 0.0
 
-    def fits(*rates: float) -> bool:
-        return spent + sum(plan.probe_s(r) for r in rates) <= plan.max_total_s
+    def fits(*rates: float, may_fail: bool = False) -> bool:
+        extra = plan.recovery_s if may_fail else 0.0
+        return spent + sum(plan.probe_s(r) for r in rates) + extra <= plan.max_total_s
 
     def run(rate: float, phase: Phase) -> bool:
         nonlocal spent
@@ -165,7 +166,7 @@ def search_capacity(probe: Probe, plan: SearchPlan, criteria: SloCriteria | None
                 else:
                     capped = True
                     break
-            if not fits(nxt, nxt):
+            if not fits(nxt, rate, may_fail=True):  # room to repeat the best pass if nxt fails
                 out_of_time = True
                 notes.append(f"the ramp stopped by the time budget at {rate:.4g} req/s before any rate failed: "
                              "X_slo is a lower bound")
@@ -192,7 +193,9 @@ def search_capacity(probe: Probe, plan: SearchPlan, criteria: SloCriteria | None
     # 2. Binary search between the highest pass and the lowest failure.
     while lo is not None and hi is not None and (hi - lo) / lo > plan.resolution:
         mid = (lo + hi) / 2
-        if not fits(mid, mid):  # keep room for the repeat
+        # Keep room for the repeat either way: of mid when it passes, of lo (a longer probe: fewer
+        # requests a second) after the recovery gap when it fails.
+        if not fits(mid, lo, may_fail=True):
             out_of_time = True
             notes.append(f"binary search stopped by the time budget at [{lo:.4g}, {hi:.4g}] req/s")
             break
@@ -221,7 +224,7 @@ def search_capacity(probe: Probe, plan: SearchPlan, criteria: SloCriteria | None
             notes.append(f"{rate:.4g} req/s passed once and failed its repeat: noisy")
     # ... and repeat the failure that bounded it: one noisy failure must not pass for a limit.
     if x_slo is not None and hi is not None:
-        if fits(hi):
+        if fits(hi, may_fail=True):
             if run(hi, "confirm"):
                 notes.append(f"{hi:.4g} req/s failed once and passed its repeat: noisy, X_slo may be higher")
         else:

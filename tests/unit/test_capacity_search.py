@@ -162,6 +162,25 @@ def test_the_time_budget_bounds_the_search_and_keeps_room_for_the_repeat():
     assert any("time budget" in n for n in r.notes)
 
 
+def test_a_failing_bisect_probe_still_leaves_room_to_confirm_the_lower_pass():
+    # The demo's dense search at the mix (2026-11-30): 64 passed, 128 failed, then the bisection
+    # spent the budget on failures (96, 80, 72, 68) with room kept only for repeating a passing mid,
+    # so 64 was never repeated. Probes here take what they are planned to, plus the recovery gap
+    # after a failure; the lower rate's probe is the longer one (1,000 requests, at most 20 s).
+    plan = PLAN.model_copy(update={"start_rps": 32, "min_requests": 1000, "min_duration_s": 20, "warmup_s": 2,
+                                   "pause_s": 0.5, "recovery_s": 3.0, "max_confirm": 2})
+
+    def probe(rate: float, phase: str) -> ProbeResult:
+        passed = rate <= 64
+        return _probe_result(rate, phase, passed, plan.probe_s(rate) + (0 if passed else plan.recovery_s))
+
+    for budget in range(60, 200, 5):
+        r = search_capacity(probe, plan.model_copy(update={"max_total_s": budget}), SLO)
+        if r.best_single_pass_rps == 64:  # the ramp reached 64 within this budget
+            assert r.status == "confirmed" and r.x_slo_rps == 64, (budget, r.notes)
+            assert r.elapsed_s <= budget, budget
+
+
 def test_no_time_for_even_one_probe():
     server = FakeServer(capacity=300)
     r = search_capacity(server, PLAN.model_copy(update={"max_total_s": 1}), SLO)
