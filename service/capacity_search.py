@@ -23,6 +23,7 @@ probes when its time budget (``max_total_s``) would be passed, keeping room for 
 
 :func:`search_capacity` is the search alone, a pure function over a probe (tested with fake
 probes); :func:`http_probe` makes the real probe; :func:`find_capacity` joins them;
+:func:`capacity_run` makes the file (:class:`CapacityRun`);
 :func:`plot_searches` (``_load_plot``) draws the results. The typed results live in
 ``_capacity_schema`` and are exported from here.
 """
@@ -55,6 +56,7 @@ __all__ = [
     "SearchPlan",
     "SearchResult",
     "SloCriteria",
+    "capacity_run",
     "find_capacity",
     "http_probe",
     "plot_searches",
@@ -295,3 +297,21 @@ def find_capacity(url: str, *, shape: RequestShape = SHAPES["1"], plan: SearchPl
     criteria = criteria or SloCriteria()
     return search_capacity(http_probe(url, shape=shape, plan=plan, criteria=criteria, headers=headers, model=model,
                                       on_probe=on_probe), plan, criteria)
+
+
+def capacity_run(url: str, searches: Mapping[str, SearchResult], *, headers: Mapping[str, str], variant: str | None,
+                 hardware: str | None = None, gpu_model: str | None = None,
+                 instance_type: str | None = None) -> CapacityRun:
+    """The file of ``searches`` (by request shape, a :data:`SHAPES` key) against ``url``, with this
+    machine as the server's (the generator targets loopback only)."""
+    import os
+    import platform
+    from datetime import UTC, datetime
+
+    from service._platform import cpu_flags, hardware_description
+
+    return CapacityRun(created_at=datetime.now(UTC), url=url, headers=dict(headers), variant=variant,
+                       hardware=hardware or hardware_description(), cpu_count=os.cpu_count() or 1,
+                       cpu_arch=platform.machine(), gpu_model=gpu_model, instance_type=instance_type,
+                       cpu_flags=cpu_flags() or [], shapes={k: SHAPES[k].description for k in searches},
+                       searches=dict(searches))
