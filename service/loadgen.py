@@ -1,8 +1,8 @@
 """The open-loop load generator: requests leave on a schedule, whatever the server answers.
 
 One generator for every measurement that offers load over HTTP: the reliability scenarios
-(``service.reliability``), the capacity search (``service.capacity_search``) and the peer
-benchmark (``service.peers``). Locust stays as the user-facing locustfile; its users are
+(``service.reliability``), the capacity search and ``twinserve loadtest``'s fixed-step sweep
+(``service.capacity_search``) and the peer benchmark (``service.peers``). Locust stays as the user-facing locustfile; its users are
 closed-loop (each waits for its answer, so a slow server is offered less and a late send is
 never timed), which reads p99 too good near saturation.
 
