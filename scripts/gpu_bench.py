@@ -117,12 +117,8 @@ def _gpu_or_exit() -> str:
 
 def measure(args: argparse.Namespace) -> Path:
     """Serve the artifacts with dense on the GPU, search dense's X_slo, write ``<out-dir>/search.json``."""
-    import os
-    import platform
-    from datetime import UTC, datetime
-
-    from service._platform import ChildProcess, cpu_flags, hardware_description, wait_ready
-    from service.capacity_search import CapacityRun, SearchPlan, SloCriteria, find_capacity
+    from service._platform import ChildProcess, hardware_description, wait_ready
+    from service.capacity_search import SearchPlan, SloCriteria, capacity_run, find_capacity
     from service.loadgen import SHAPES
 
     gpu = _gpu_or_exit()
@@ -150,11 +146,8 @@ def measure(args: argparse.Namespace) -> Path:
                                      + f", {'pass' if p.passed else '; '.join(p.reasons)}", flush=True))
     finally:
         serve_proc.stop(((signal.SIGINT, 60, True), (signal.SIGKILL, 60, True)))
-    run = CapacityRun(created_at=datetime.now(UTC), url=f"{url}/v1/embeddings", headers=headers, variant="dense",
-                      hardware=f"{hardware_description()}, {gpu}", cpu_count=os.cpu_count() or 1,
-                      cpu_arch=platform.machine(), gpu_model=gpu, instance_type=args.instance_type,
-                      cpu_flags=cpu_flags() or [], shapes={args.shape: SHAPES[args.shape].description},
-                      searches={args.shape: result})
+    run = capacity_run(f"{url}/v1/embeddings", {args.shape: result}, headers=headers, variant="dense",
+                       hardware=f"{hardware_description()}, {gpu}", gpu_model=gpu, instance_type=args.instance_type)
     out = args.out_dir / "search.json"
     out.write_text(run.model_dump_json(indent=2) + "\n")
     return out

@@ -1,11 +1,15 @@
-"""The capacity search's typed settings and results (exported by ``service.capacity_search``)."""
+"""The capacity search's typed settings and results (exported by ``service.capacity_search``).
+
+One format for both ways of finding X_slo: the search (ramp, bisect, repeat; ``twinserve
+capacity``, the demo, the peers) and the fixed-step sweep (``twinserve loadtest``: a plan with
+``rates_rps``, probes of phase ``step``, status ``swept``)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Literal
 
-from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from service._platform import CPU_FEATURES as _PLATFORM_FEATURES
 from service._schema import Strict
@@ -25,11 +29,11 @@ __all__ = [
 # like for like): the platform's one vocabulary.
 CPU_FEATURES = tuple(_PLATFORM_FEATURES)
 
-Phase = Literal["ramp", "bisect", "confirm"]
+Phase = Literal["ramp", "bisect", "confirm", "step"]  # step: a fixed-step sweep's
 
 
 class SloCriteria(Strict):
-    """What a load step or probe must meet to count towards X_slo (the Locust sweep uses it too)."""
+    """What a probe (a search's or a sweep's step) must meet to count towards X_slo."""
     slo_p99_ms: PositiveFloat = Field(100.0, description="client-side p99 latency a step must stay within, ms")
     max_error_ratio: float = Field(0.001, gt=0, le=1, description="errors must be below this share of requests")
     min_achieved_ratio: float = Field(
@@ -57,7 +61,14 @@ class SearchPlan(Strict):
                           "its latencies include the generator's own delay and its catch-up bursts")
     fail_late_probes: bool = Field(False, description="count a generator-late probe as failed (else: flag only)")
     max_confirm: PositiveInt = Field(3, description="most rates repeated to confirm X_slo")
-    max_total_s: PositiveFloat = Field(300.0, description="time budget of the whole search, s")
+    max_total_s: PositiveFloat = Field(300.0, description="time budget of the whole search, s (not of a sweep)")
+    rates_rps: list[PositiveFloat] | None = Field(
+        None, min_length=1, description="a fixed-step sweep (twinserve loadtest): offer these rates in order, once "
+                                        "each, instead of the ramp, bisection and repeat; X_slo is the highest that "
+                                        "passed. None: the search")
+    stop_after_saturated: NonNegativeInt = Field(
+        2, description="a sweep ends after this many steps in a row answered under min_achieved_ratio of offered "
+                       "(0: every step runs)")
 
     def window_s(self, rate_rps: float) -> float:
         """Length of a probe's measured window at ``rate_rps``."""
@@ -105,10 +116,12 @@ class ProbeResult(Strict):
 class SearchResult(Strict):
     criteria: SloCriteria
     plan: SearchPlan
-    status: Literal["confirmed", "none", "unconfirmed", "budget"] = Field(
+    status: Literal["confirmed", "none", "unconfirmed", "budget", "swept"] = Field(
         description="confirmed: X_slo passed twice; none: no rate passed; unconfirmed: no passing rate passed "
-                    "its repeat; budget: time ran out before a repeat")
-    x_slo_rps: float | None = Field(description="highest rate that passed and passed its repeat, req/s")
+                    "its repeat; budget: time ran out before a repeat; swept: a fixed-step sweep's X_slo, the "
+                    "highest step that passed (once, not repeated)")
+    x_slo_rps: float | None = Field(description="highest rate that passed and passed its repeat (a sweep: the "
+                                                "highest step that passed), req/s")
     lower_bound: bool = Field(description="no rate above X_slo failed (every probe up to max_rps passed, or the "
                                           "time budget stopped the ramp): X_slo is at least this")
     best_single_pass_rps: float | None = Field(description="highest rate that passed once, req/s")
@@ -121,8 +134,9 @@ class SearchResult(Strict):
 
 
 class CapacityRun(Strict):
-    """``twinserve capacity``'s file: one search per request shape against one endpoint, and
-    the machine it ran on (the generator shares it with the server when the URL is loopback)."""
+    """``twinserve capacity``'s file (and ``twinserve loadtest``'s, one per variant): one search or
+    sweep per request shape against one endpoint, and the machine it ran on (the generator
+    shares it with the server: it targets loopback only)."""
     schema_version: Literal[1] = 1
     kind: Literal["twinserve-capacity"] = "twinserve-capacity"
     created_at: datetime
@@ -137,5 +151,5 @@ class CapacityRun(Strict):
     instance_type: str | None = Field(None, description="cloud instance type, when the machine was one")
     cpu_flags: list[str] = Field(description=f"which of {', '.join(CPU_FEATURES)} the CPU has")
     shapes: dict[str, str] = Field(description="request shape name -> what it sends")
-    searches: dict[str, SearchResult] = Field(description="by request shape")
+    searches: dict[str, SearchResult] = Field(description="by request shape (a search, or a sweep)")
 

@@ -27,6 +27,7 @@ import numpy as np
 from service._platform import hardware_description
 from service._schema import Strict
 from service.artifacts.manifest import LatencyRow
+from service.loadgen import percentile
 
 __all__ = ["BenchCell", "BenchResult", "interleaved_latency", "run_bench"]
 
@@ -94,8 +95,7 @@ def interleaved_latency(
     for (v, b, s), ts in times.items():
         med = float(np.median(ts))
         out.append(BenchCell(variant=v, batch=b, seq_len=s, median_ms=med * 1e3,
-                             # linear (numpy's default), named: bench files have recorded it so
-                             p90_ms=float(np.percentile(ts, 90, method="linear")) * 1e3, runs=len(ts),
+                             p90_ms=percentile(ts, 90) * 1e3, runs=len(ts),  # nearest rank
                              texts_per_s=b / med))
     dense = {(c.batch, c.seq_len): c.median_ms for c in out if c.variant == "dense"}
     for c in out:

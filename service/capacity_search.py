@@ -21,8 +21,13 @@ higher). A rate that passed above one that failed is reported as non-monotone. E
 is in the result, so both runs of a noisy rate are there to read. The search stops starting
 probes when its time budget (``max_total_s``) would be passed, keeping room for the repeat.
 
+``twinserve loadtest``'s fixed-step sweep (:func:`sweep_steps`, plan from :func:`sweep_plan`)
+offers given rates once each with the same probe and verdict: X_slo is the highest step that
+passed, not repeated (status ``swept``), and its result is the same :class:`SearchResult`.
+
 :func:`search_capacity` is the search alone, a pure function over a probe (tested with fake
-probes); :func:`http_probe` makes the real probe; :func:`find_capacity` joins them;
+probes); :func:`http_probe` makes the real probe; :func:`find_capacity` joins them (a plan with
+``rates_rps`` sweeps); :func:`capacity_run` makes the file (:class:`CapacityRun`);
 :func:`plot_searches` (``_load_plot``) draws the results. The typed results live in
 ``_capacity_schema`` and are exported from here.
 """
@@ -55,12 +60,15 @@ __all__ = [
     "SearchPlan",
     "SearchResult",
     "SloCriteria",
+    "capacity_run",
     "find_capacity",
     "http_probe",
     "plot_searches",
     "probe_result",
     "probe_verdict",
     "search_capacity",
+    "sweep_plan",
+    "sweep_steps",
 ]
 
 Probe = Callable[[float, Phase], ProbeResult]
@@ -230,31 +238,80 @@ def search_capacity(probe: Probe, plan: SearchPlan, criteria: SloCriteria | None
         else:
             notes.append(f"no time left to repeat the failure at {hi:.4g} req/s")
 
+    if capped:
+        notes.append(f"every rate up to max_rps ({plan.max_rps:g} req/s) passed: X_slo is a lower bound")
+    if x_slo is not None:
+        status = "confirmed"
+    elif not any(p.passed for p in probes):
+        status = "budget" if out_of_time else "none"
+    else:
+        status = "budget" if out_of_time and tried == 0 else "unconfirmed"
+    return _result(probes, plan, criteria, notes, status=status, x_slo=x_slo,
+                   lower_bound=x_slo is not None and hi is None and x_slo == lo)
+
+
+def _result(probes: list[ProbeResult], plan: SearchPlan, criteria: SloCriteria, notes: list[str], *, status: str,
+            x_slo: float | None, lower_bound: bool) -> SearchResult:
+    """The result of a search or a sweep: what every probe says beside X_slo (noise, order, a late generator)."""
     passed_rates = [p.offered_rps for p in probes if p.passed]
     failed_rates = [p.offered_rps for p in probes if not p.passed]
-    noisy = sorted(set(passed_rates) & set(failed_rates))
     inverted = [f for f in failed_rates if any(s > f for s in passed_rates)]
     if inverted:
-        f = min(inverted)
-        notes.append(f"non-monotone: {max(passed_rates):.4g} req/s passed but {f:.4g} req/s failed")
+        notes.append(f"non-monotone: {max(passed_rates):.4g} req/s passed but {min(inverted):.4g} req/s failed")
     late = sorted({p.offered_rps for p in probes if p.generator_late})
     if late:
         notes.append(f"the generator sent more than {plan.late_send_ms:g} ms (p99) behind schedule at "
                      + ", ".join(f"{r:.4g}" for r in late) + " req/s: the machine was too busy to offer the load on "
                      "time; those probes' latencies include that delay")
-    if capped:
-        notes.append(f"every rate up to max_rps ({plan.max_rps:g} req/s) passed: X_slo is a lower bound")
-    if x_slo is not None:
-        status = "confirmed"
-    elif not passed_rates:
-        status = "budget" if out_of_time else "none"
-    else:
-        status = "budget" if out_of_time and tried == 0 else "unconfirmed"
     return SearchResult(
-        criteria=criteria, plan=plan, status=status, x_slo_rps=x_slo, lower_bound=x_slo is not None and hi is None and x_slo == lo,
-        best_single_pass_rps=max(passed_rates) if passed_rates else None,
+        criteria=criteria, plan=plan, status=status, x_slo_rps=x_slo, lower_bound=lower_bound,
+        best_single_pass_rps=max(passed_rates, default=None),
         max_answered_rps=max((p.answered_rps for p in probes), default=0.0),
-        non_monotone=bool(inverted), noisy_rps=noisy, notes=notes, elapsed_s=spent, probes=probes)
+        non_monotone=bool(inverted), noisy_rps=sorted(set(passed_rates) & set(failed_rates)), notes=notes,
+        elapsed_s=sum(p.wall_s for p in probes), probes=probes)
+
+
+# ---- the fixed-step sweep: a pure function over a probe ---------------------------------------------
+
+def sweep_plan(rates_rps: Sequence[float], *, step_s: float, warmup_s: float, stop_after_saturated: int = 2
+               ) -> SearchPlan:
+    """The plan of a fixed-step sweep: each of ``rates_rps`` offered once for ``step_s`` seconds,
+    the first ``warmup_s`` of them not counted (every step's window is ``step_s - warmup_s``)."""
+    if warmup_s >= step_s:
+        raise ValueError(f"warmup_s ({warmup_s:g}) must be shorter than step_s ({step_s:g}), or nothing is measured")
+    window = step_s - warmup_s
+    return SearchPlan(rates_rps=list(rates_rps), warmup_s=warmup_s, min_window_s=window, min_duration_s=window,
+                      min_requests=1, stop_after_saturated=stop_after_saturated)
+
+
+def sweep_steps(probe: Probe, plan: SearchPlan, criteria: SloCriteria | None = None) -> SearchResult:
+    """Offer each of ``plan.rates_rps`` once, in order (phase ``step``); X_slo is the highest rate
+    that passed. The sweep ends early after ``plan.stop_after_saturated`` steps in a row answered
+    under ``min_achieved_ratio`` of their offered rate."""
+    criteria = criteria or SloCriteria()
+    if not plan.rates_rps:
+        raise ValueError("a sweep needs the plan's rates_rps (sweep_plan makes one)")
+    probes: list[ProbeResult] = []
+    notes: list[str] = []
+    saturated = 0
+    for i, rate in enumerate(plan.rates_rps):
+        p = probe(rate, "step")
+        probes.append(p)
+        saturated = saturated + 1 if p.achieved_ratio < criteria.min_achieved_ratio else 0
+        if plan.stop_after_saturated and saturated >= plan.stop_after_saturated and i + 1 < len(plan.rates_rps):
+            notes.append(f"stopped after {saturated} saturated steps in a row (answered < "
+                         f"{criteria.min_achieved_ratio:.0%} of offered); not run: "
+                         + ", ".join(f"{r:.4g}" for r in plan.rates_rps[i + 1:]) + " req/s")
+            break
+    x_slo = max((p.offered_rps for p in probes if p.passed), default=None)
+    lower_bound = x_slo is not None and not any(not p.passed and p.offered_rps > x_slo for p in probes)
+    if x_slo is None:
+        notes.append("no step met the SLO: the lowest offered rate is already too much, or the server failed")
+    elif lower_bound:
+        notes.append(f"no step above X_slo failed: X_slo is at least {x_slo:.4g} req/s; add higher rates to find "
+                     "the limit")
+    return _result(probes, plan, criteria, notes, status="swept" if x_slo is not None else "none", x_slo=x_slo,
+                   lower_bound=lower_bound)
 
 
 # ---- the real probe ---------------------------------------------------------------------------------
@@ -293,8 +350,27 @@ def find_capacity(url: str, *, shape: RequestShape = SHAPES["1"], plan: SearchPl
                   criteria: SloCriteria | None = None, headers: Mapping[str, str] | None = None,
                   model: str | None = None, on_probe: Callable[[ProbeResult], None] | None = None) -> SearchResult:
     """X_slo of the server behind ``url`` for requests of ``shape``: :func:`search_capacity`
-    over :func:`http_probe`."""
+    over :func:`http_probe`, or :func:`sweep_steps` when the plan names its rates."""
     plan = plan or SearchPlan()
     criteria = criteria or SloCriteria()
-    return search_capacity(http_probe(url, shape=shape, plan=plan, criteria=criteria, headers=headers, model=model,
-                                      on_probe=on_probe), plan, criteria)
+    method = sweep_steps if plan.rates_rps else search_capacity
+    return method(http_probe(url, shape=shape, plan=plan, criteria=criteria, headers=headers, model=model,
+                             on_probe=on_probe), plan, criteria)
+
+
+def capacity_run(url: str, searches: Mapping[str, SearchResult], *, headers: Mapping[str, str], variant: str | None,
+                 hardware: str | None = None, gpu_model: str | None = None,
+                 instance_type: str | None = None) -> CapacityRun:
+    """The file of ``searches`` (by request shape, a :data:`SHAPES` key) against ``url``, with this
+    machine as the server's (the generator targets loopback only)."""
+    import os
+    import platform
+    from datetime import UTC, datetime
+
+    from service._platform import cpu_flags, hardware_description
+
+    return CapacityRun(created_at=datetime.now(UTC), url=url, headers=dict(headers), variant=variant,
+                       hardware=hardware or hardware_description(), cpu_count=os.cpu_count() or 1,
+                       cpu_arch=platform.machine(), gpu_model=gpu_model, instance_type=instance_type,
+                       cpu_flags=cpu_flags() or [], shapes={k: SHAPES[k].description for k in searches},
+                       searches=dict(searches))

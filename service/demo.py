@@ -222,11 +222,7 @@ def search_variants(base_url: str, *, shapes: Sequence[str] = DEMO_SHAPES, cost_
     (default: :func:`demo_plan`'s); its ``start_rps`` (from ``starts``, see :func:`start_rps_for`) and
     ``max_total_s`` are set per search, and its ramp factor is at most :data:`INFORMED_GROWTH` when the
     start comes from the variant's X_slo at another shape."""
-    import platform
-    from datetime import UTC, datetime
-
-    from service._platform import cpu_flags, hardware_description
-    from service.capacity_search import CapacityRun, SloCriteria, find_capacity, plot_searches
+    from service.capacity_search import CapacityRun, SloCriteria, capacity_run, find_capacity, plot_searches
     from service.loadgen import SHAPES
 
     shapes = _order_shapes(shapes, cost_shape)
@@ -262,11 +258,8 @@ def search_variants(base_url: str, *, shapes: Sequence[str] = DEMO_SHAPES, cost_
         say(f"        X_slo {x} ({result.status}, {len(result.probes)} probes, {result.elapsed_s:.0f} s)"
             + "".join(f"\n        note: {n}" for n in result.notes))
         prior = runs.get(variant)
-        runs[variant] = CapacityRun(
-            created_at=datetime.now(UTC), url=url, headers=headers, variant=variant,
-            hardware=hardware_description(), cpu_count=os.cpu_count() or 1, cpu_arch=platform.machine(),
-            cpu_flags=cpu_flags() or [], shapes={**(prior.shapes if prior else {}), shape: SHAPES[shape].description},
-            searches={**(prior.searches if prior else {}), shape: result})
+        runs[variant] = capacity_run(url, {**(prior.searches if prior else {}), shape: result}, headers=headers,
+                                     variant=variant)
         files[variant] = out_dir / f"capacity-{variant}.json"
         files[variant].write_text(runs[variant].model_dump_json(indent=2) + "\n")
     plot_searches({SHAPES[k].description: {v: runs[v].searches[k] for v in runs} for k in shapes},

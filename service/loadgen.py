@@ -1,8 +1,8 @@
 """The open-loop load generator: requests leave on a schedule, whatever the server answers.
 
 One generator for every measurement that offers load over HTTP: the reliability scenarios
-(``service.reliability``), the capacity search (``service.capacity_search``) and the peer
-benchmark (``service.peers``). Locust stays as the user-facing locustfile; its users are
+(``service.reliability``), the capacity search and ``twinserve loadtest``'s fixed-step sweep
+(``service.capacity_search``) and the peer benchmark (``service.peers``). Locust stays as the user-facing locustfile; its users are
 closed-loop (each waits for its answer, so a slow server is offered less and a late send is
 never timed), which reads p99 too good near saturation.
 
@@ -27,9 +27,10 @@ request against aiohttp's 0.6-0.8 (measured side by side at 150 req/s), CPU take
 service under test and latency added to every answer the generator times. uvloop is used when
 installed (it is, with Ray Serve's uvicorn): less CPU per request again.
 
-Percentiles everywhere in twinserve's load measurements are :func:`percentile`: NumPy's
-``inverted_cdf`` method, the nearest-rank definition (the smallest observed value with at
-least q% of the values at or below it; always a value that was observed).
+Percentiles everywhere in twinserve are :func:`percentile` (load measurements here and in the
+capacity search, the bench's p90, the pruning job's p5 cosine, the serving overhead benchmark):
+NumPy's ``inverted_cdf`` method, the nearest-rank definition (the smallest observed value with
+at least q% of the values at or below it; always a value that was observed).
 """
 
 from __future__ import annotations

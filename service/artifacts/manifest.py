@@ -60,7 +60,7 @@ class Fidelity(Strict):
     """Agreement with the dense model on held-out text the job never trained on."""
 
     mean_cosine: float = Field(description="mean cosine between this variant's and the dense embeddings")
-    p5_cosine: float = Field(description="5th percentile of those cosines")
+    p5_cosine: float = Field(description="5th percentile of those cosines (nearest rank)")
     recall_at_10: float = Field(description="mean overlap of the 10 nearest neighbours (dense vs this variant)")
     n_texts: int = Field(ge=1)
 

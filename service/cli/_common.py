@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 
 __all__ = ["CliError", "REQUEST_SHAPES", "RELIABILITY_SCENARIOS", "non_negative_int", "one_line", "positive_int",
-           "ratio", "weight"]
+           "print_probe", "ratio", "weight"]
 
 
 class CliError(Exception):
@@ -25,6 +26,13 @@ def one_line(e: Exception) -> str:
     if callable(errors):  # pydantic ValidationError: "field: message; ..." without the URL and input echo
         return "; ".join(f"{'.'.join(map(str, x['loc'])) or 'value'}: {x['msg']}" for x in errors())
     return " ".join(str(e).split())
+
+
+def print_probe(p) -> None:
+    """One probe of a capacity search or sweep (a ``ProbeResult``), printed to stderr as it finishes."""
+    p99 = f"{p.latency.p99_ms:7.1f} ms" if p.latency else "    n/a"
+    print(f"  {p.phase:7} {p.offered_rps:7.1f} req/s offered {p.answered_rps:7.1f} answered p99 {p99} errors "
+          f"{p.error_ratio:6.2%} " + ("pass" if p.passed else "; ".join(p.reasons)), file=sys.stderr, flush=True)
 
 
 def ratio(text: str) -> float:

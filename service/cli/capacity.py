@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from service.cli._common import REQUEST_SHAPES, CliError, one_line
+from service.cli._common import REQUEST_SHAPES, CliError, one_line, print_probe
 
 __all__ = ["add_commands"]
 
@@ -41,25 +41,13 @@ def _cmd_capacity(args: argparse.Namespace) -> None:
         results = {}
         for shape in args.shapes:
             print(f"capacity search of {url} at {SHAPES[shape].description}", file=sys.stderr, flush=True)
-            results[shape] = find_capacity(
-                url, shape=SHAPES[shape], plan=plan, criteria=slo, headers=headers, model=model,
-                on_probe=lambda p: print(
-                    f"  {p.phase:7} {p.offered_rps:7.1f} req/s offered {p.answered_rps:7.1f} answered p99 "
-                    + (f"{p.latency.p99_ms:7.1f} ms" if p.latency else "    n/a") + f" errors {p.error_ratio:6.2%} "
-                    + ("pass" if p.passed else "; ".join(p.reasons)), file=sys.stderr, flush=True))
+            results[shape] = find_capacity(url, shape=SHAPES[shape], plan=plan, criteria=slo, headers=headers,
+                                           model=model, on_probe=print_probe)
     except (ValidationError, ValueError) as e:
         raise _fail(args, e) from None
-    import os
-    import platform
-    from datetime import UTC, datetime
+    from service.capacity_search import capacity_run
 
-    from service._platform import cpu_flags, hardware_description
-    from service.capacity_search import CapacityRun
-
-    run = CapacityRun(created_at=datetime.now(UTC), url=url, headers=headers, variant=args.variant,
-                      hardware=hardware_description(), cpu_count=os.cpu_count() or 1, cpu_arch=platform.machine(),
-                      cpu_flags=cpu_flags() or [],
-                      shapes={k: SHAPES[k].description for k in results}, searches=results)
+    run = capacity_run(url, results, headers=headers, variant=args.variant)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(run.model_dump_json(indent=2) + "\n")
     png = plot_searches({SHAPES[k].description: {args.variant or "server": r} for k, r in results.items()},

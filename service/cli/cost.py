@@ -1,4 +1,4 @@
-"""``twinserve loadtest`` and ``report``: the Locust sweep and the cost report."""
+"""``twinserve loadtest`` and ``report``: the fixed-step sweep and the cost report."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from service.cli._common import CliError, one_line
+from service.cli._common import REQUEST_SHAPES, CliError, non_negative_int, one_line, print_probe
 
 
 __all__ = ["add_commands"]
@@ -15,33 +15,40 @@ __all__ = ["add_commands"]
 def _cmd_loadtest(args: argparse.Namespace) -> None:
     from pydantic import ValidationError
 
-    from service.cost.loadtest import LoadTestError, SloCriteria, SweepPlan, local_server_hardware, run_sweep
+    from service.capacity_search import SloCriteria, capacity_run, find_capacity, sweep_plan
+    from service.loadgen import SHAPES, check_loopback
 
     try:
-        plan = SweepPlan(
-            rates_rps=args.rates if args.sweep else [args.rate], step_duration_s=args.step_s, warmup_s=args.warmup_s,
-            per_user_rps=args.per_user_rps, arrival=args.arrival, multi_share=args.multi_share,
-            max_inputs=args.max_inputs, user_pool=args.user_pool, seed=args.seed,
-            stop_after_saturated_steps=args.stop_after_saturated if args.sweep else 0)
+        check_loopback(args.url)
+        plan = sweep_plan(args.rates, step_s=args.step_s, warmup_s=args.warmup_s,
+                          stop_after_saturated=args.stop_after_saturated)
         slo = SloCriteria(slo_p99_ms=args.slo_p99_ms, max_error_ratio=args.max_error_ratio,
                           min_achieved_ratio=args.min_achieved_ratio)
-        server = local_server_hardware(args.url, description=args.server_hardware, cpu_count=args.server_cpus,
-                                       gpu_model=args.server_gpu, instance_type=args.server_instance_type)
-
-        def on_step(variant, s) -> None:
-            p99 = f"{s.latency.p99_ms:7.1f}" if s.latency else "    n/a"
-            print(f"{variant:>7} step {s.index}: offered {s.offered_rps:7.1f} achieved {s.achieved_rps:7.1f} req/s "
-                  f"p99 {p99} ms errors {s.error_ratio:6.2%} generator {s.generator_cpu_cores:.2f} cores  "
-                  + ("ok" if s.passed else "; ".join(s.reasons)), file=sys.stderr, flush=True)
-
-        result = run_sweep(args.url, variants=args.variants, plan=plan, slo=slo, server=server, out=args.out,
-                           locustfile=args.locustfile, on_step=on_step)
-    except (ValidationError, LoadTestError) as e:
+    except (ValidationError, ValueError) as e:
         raise CliError(one_line(e)) from None
-    for v in result.variants:
-        x = f"{v.x_slo_rps:.1f} req/s" if v.x_slo_rps is not None else "none (no step met the SLO)"
-        print(f"{v.variant}: X_slo {x} on {result.server.description}" + "".join(f"\n  note: {n}" for n in v.notes))
-    print(f"load-test results written to {args.out} (per-request latencies in {args.out.stem}-raw/)")
+    url = f"{args.url.rstrip('/')}/v1/embeddings"
+    written = []
+    for variant in dict.fromkeys(args.variants):
+        pinned = variant != "routed"
+        headers = {"X-Variant": variant} if pinned else {}
+        sweeps = {}
+        for shape in args.shapes:
+            print(f"{variant} at {SHAPES[shape].description}: steps of {args.step_s:g} s at "
+                  + ", ".join(f"{r:g}" for r in plan.rates_rps) + " req/s", file=sys.stderr, flush=True)
+            sweeps[shape] = find_capacity(url, shape=SHAPES[shape], plan=plan, criteria=slo, headers=headers,
+                                          model=f"twinserve-{variant}" if pinned else None, on_probe=print_probe)
+        run = capacity_run(url, sweeps, headers=headers, variant=variant if pinned else None,
+                           gpu_model=args.server_gpu, instance_type=args.server_instance_type)
+        out = args.out.with_name(f"{args.out.stem}-{variant}{args.out.suffix}")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(run.model_dump_json(indent=2) + "\n")
+        written.append(out)
+        for shape, r in sweeps.items():
+            x = f"{r.x_slo_rps:.4g} req/s" if r.x_slo_rps is not None else "none (no step met the SLO)"
+            print(f"{variant} at {SHAPES[shape].description}: X_slo {x} on {run.hardware}"
+                  + "".join(f"\n  note: {n}" for n in r.notes))
+    print(f"load-test results written to {', '.join(map(str, written))}; the cost report reads them: "
+          f"twinserve report --cost-shape {args.shapes[0]} --capacity {' '.join(map(str, written))}")
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
@@ -91,35 +98,30 @@ def _cmd_report(args: argparse.Namespace) -> None:
 
 def add_commands(sub) -> None:
     lt = sub.add_parser(
-        "loadtest", help="Locust step-load sweep per variant; X_slo (writes results/loadtest.json)",
-        description="Run loadtests/locustfile.py headless (the locust CLI, as a subprocess) against a running "
-                    "twinserve, one step load per variant forced with X-Variant, and write typed JSON: per step the "
-                    "client-side percentiles, achieved vs offered rate, errors and the load generator's own CPU use; "
-                    "per variant X_slo, the highest step with p99 <= SLO, errors < --max-error-ratio and achieved "
-                    ">= --min-achieved-ratio of offered. Per-request latencies go to <out>-raw/.")
-    lt.add_argument("--url", default="http://127.0.0.1:8000", help="base URL of the service")
-    lt.add_argument("--sweep", action="store_true", help="step through --rates (default: one step at --rate)")
+        "loadtest", help="step sweep per variant at given offered rates; X_slo (writes results/loadtest-<variant>.json)",
+        description="Offer each rate of --rates for --step-s seconds, in order, to a running twinserve on this "
+                    "machine, once per variant (forced with X-Variant; routed: the router's policy) and request "
+                    "shape, with the open-loop generator (loopback only; latency timed from the scheduled send). "
+                    "A step counts when p99 <= --slo-p99-ms, errors < --max-error-ratio and answered >= "
+                    "--min-achieved-ratio of offered (the capacity search's verdict); X_slo is the highest step "
+                    "that counted, not repeated. Writes one capacity file per variant, <out stem>-<variant>.json, "
+                    "in the format of `twinserve capacity` (`twinserve report --capacity` reads it).")
+    lt.add_argument("--url", default="http://127.0.0.1:8000", help="base URL of the service (loopback)")
     lt.add_argument("--rates", type=float, nargs="+", default=[5, 10, 20, 40, 80, 160], help="offered req/s per step")
-    lt.add_argument("--rate", type=float, default=10.0, help="offered req/s without --sweep")
     lt.add_argument("--variants", nargs="+", default=["dense", "pruned"], choices=["dense", "pruned", "routed"])
+    lt.add_argument("--shapes", nargs="+", choices=list(REQUEST_SHAPES), default=["mix"],
+                    help="texts per request, one sweep each (default: mix, the locustfile's)")
     lt.add_argument("--step-s", type=float, default=20.0, help="seconds per step, warm-up included")
     lt.add_argument("--warmup-s", type=float, default=5.0, help="seconds at the start of each step not measured")
+    lt.add_argument("--stop-after-saturated", type=non_negative_int, default=2,
+                    help="end a variant's sweep after N steps in a row answered under --min-achieved-ratio (0: never)")
     lt.add_argument("--slo-p99-ms", type=float, default=100.0)
     lt.add_argument("--max-error-ratio", type=float, default=0.001)
     lt.add_argument("--min-achieved-ratio", type=float, default=0.95)
-    lt.add_argument("--stop-after-saturated", type=int, default=2, help="end a variant after N saturated steps")
-    lt.add_argument("--per-user-rps", type=float, default=1.0, help="most req/s per simulated user")
-    lt.add_argument("--arrival", choices=["poisson", "constant"], default="poisson")
-    lt.add_argument("--multi-share", type=float, default=0.2, help="share of requests with several inputs")
-    lt.add_argument("--max-inputs", type=int, default=8)
-    lt.add_argument("--user-pool", type=int, default=1000, help="distinct user ids for stickiness (0: none)")
-    lt.add_argument("--seed", type=int, default=0)
-    lt.add_argument("--server-hardware", help="server's hardware, required when --url is not this machine")
-    lt.add_argument("--server-cpus", type=int, help="CPUs the server used (default: this machine's)")
-    lt.add_argument("--server-gpu", help="GPU model the dense variant ran on, e.g. 'NVIDIA T4'")
-    lt.add_argument("--server-instance-type", help="cloud instance type the server ran on, e.g. c7i.xlarge")
-    lt.add_argument("--locustfile", type=Path, help="default: loadtests/locustfile.py")
-    lt.add_argument("--out", type=Path, default=Path("results") / "loadtest.json")
+    lt.add_argument("--server-gpu", help="GPU model the dense variant ran on, e.g. 'NVIDIA T4' (recorded)")
+    lt.add_argument("--server-instance-type", help="cloud instance type of this machine, e.g. c7i.xlarge (recorded)")
+    lt.add_argument("--out", type=Path, default=Path("results") / "loadtest.json",
+                    help="file name stem: one file per variant, <stem>-<variant>.json beside it")
     lt.set_defaults(func=_cmd_loadtest)
 
     rp = sub.add_parser(

@@ -27,7 +27,6 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _cmd_reliability(args: argparse.Namespace) -> None:
-    from service.cost.loadtest import LoadTestError
     from service.demo import DemoError
     from service.reliability import run_reliability
 
@@ -40,7 +39,7 @@ def _cmd_reliability(args: argparse.Namespace) -> None:
         summary = run_reliability(out_dir=args.out_dir, artifacts=args.artifacts, x_slo_rps=x_slo,
                                   overload_s=args.overload_s, soak_s=args.soak_s, overload_rps=args.overload_rps,
                                   scenarios=args.scenarios, say=lambda line: print(line, flush=True))
-    except (DemoError, LoadTestError, RuntimeError) as e:
+    except (DemoError, RuntimeError) as e:
         raise CliError(one_line(e)) from None
     if not summary["passed"]:
         raise CliError(f"a scenario failed; see {args.out_dir / 'summary.json'}")

@@ -1,21 +1,13 @@
-"""Cost per request: prices, capacity (load tests), cost maths and the report.
+"""Cost per request: prices, capacity (from capacity files), cost maths and the report.
 
-Public surface: the price catalog, the load-test result types and sweep, the cost maths, the
-report builder, and a Prometheus server for tests and the demo. Plot and document helpers are
-private (``_plots``, ``_doc``).
+Public surface: the price catalog, the capacity cells, the cost maths, the report builder, and a
+Prometheus server for tests and the demo. Plot and document helpers are private (``_plots``,
+``_doc``). Capacity is measured by ``service.capacity_search`` (``twinserve capacity``'s search,
+``twinserve loadtest``'s sweep), whose files ``capacity.py`` reads.
 """
 
 from service.cost.capacity import CapacityCell, capacity_cells
 from service.cost.gpu import BreakEven, GpuCapacity, GpuCapacityError, break_even_x_slo, load_gpu_capacity
-from service.cost.loadtest import (
-    LoadTestError,
-    LoadTestResult,
-    SloCriteria,
-    SweepPlan,
-    load_loadtest,
-    run_sweep,
-    select_x_slo,
-)
 from service.cost.model import (
     Crossover,
     Offer,
@@ -36,8 +28,6 @@ __all__ = [
     "GpuCapacity",
     "GpuCapacityError",
     "InstancePrice",
-    "LoadTestError",
-    "LoadTestResult",
     "Offer",
     "PriceCatalog",
     "PriceError",
@@ -46,8 +36,6 @@ __all__ = [
     "Report",
     "ReportConfig",
     "ReportError",
-    "SloCriteria",
-    "SweepPlan",
     "blended_usd_per_million",
     "break_even_x_slo",
     "build_report",
@@ -55,10 +43,7 @@ __all__ = [
     "crossover",
     "instances_needed",
     "load_gpu_capacity",
-    "load_loadtest",
     "load_prices",
-    "run_sweep",
-    "select_x_slo",
     "split_fleet",
     "usd_per_million",
     "write_report",

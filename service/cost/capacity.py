@@ -28,12 +28,11 @@ from pydantic import Field, field_validator
 from service._platform import feature_names
 from service._schema import Strict, load_json
 from service.capacity_search import CapacityRun, SearchResult
-from service.cost.loadtest import LoadTestResult
 from service.cost.model import usd_per_million
 from service.cost.prices import InstancePrice
 
 __all__ = ["GPU_VARIANTS", "CapacityCell", "CapacityFileError", "Measurement", "capacity_cells",
-           "capacity_measurement", "load_capacity_run", "measurements", "normalise_arch", "search_method"]
+           "capacity_measurement", "load_capacity_run", "normalise_arch", "search_method"]
 
 # The design: dense is served on a GPU (CPU fallback when none); pruned INT8 on CPUs.
 GPU_VARIANTS = frozenset({"dense"})
@@ -64,8 +63,8 @@ class Measurement(Strict):
     instance_type: str | None
     cpu_flags: list[str] | None = Field(None, description="GEMM features of the measured CPU; None: not recorded")
     shares_machine_with_generator: bool
-    source: str = Field(description="the capacity file (or load-test results file)")
-    method: str = Field("Locust step sweep", description="how X_slo was found")
+    source: str = Field(description="the capacity file")
+    method: str = Field(description="how X_slo was found")
     shape: str | None = Field(None, description="request shape X_slo was found at (SHAPES key: 1, 8, mix)")
     shape_description: str | None = Field(None, description="what that shape sends, in words")
 
@@ -100,27 +99,20 @@ class CapacityCell(Strict):
     note: str = ""
 
 
-def measurements(result: LoadTestResult, source: str) -> list[Measurement]:
-    s = result.server
-    return [
-        Measurement(variant=v.variant, x_slo_rps=v.x_slo_rps, slo_p99_ms=result.slo.slo_p99_ms,
-                    hardware=s.description, cpu_count=s.cpu_count, cpu_arch=normalise_arch(s.cpu_arch),
-                    gpu_model=s.gpu_model, instance_type=s.instance_type, cpu_flags=s.cpu_flags,
-                    shares_machine_with_generator=s.shares_machine_with_generator, source=source)
-        for v in result.variants if v.variant != "routed"
-    ]
-
-
 def load_capacity_run(path: str | Path) -> CapacityRun:
-    """A ``twinserve capacity`` / ``twinserve demo`` capacity file (:class:`CapacityRun`)."""
+    """A ``twinserve capacity`` / ``twinserve loadtest`` / ``twinserve demo`` capacity file (:class:`CapacityRun`)."""
     return load_json(path, CapacityRun, what="twinserve capacity file", error=CapacityFileError,
                      missing=f"`twinserve capacity --variant pruned --shapes 1 8 mix --out {path}` (or `make demo`) "
                              "writes one")
 
 
 def search_method(result: SearchResult) -> str:
-    """How a search found its X_slo, in one line."""
+    """How a search (or a fixed-step sweep) found its X_slo, in one line."""
     p = result.plan
+    if p.rates_rps:
+        return ("open-loop fixed-step sweep (twinserve loadtest: " + ", ".join(f"{r:g}" for r in p.rates_rps)
+                + f" req/s once each, {p.min_window_s:g} s measured after {p.warmup_s:g} s warm-up; X_slo the "
+                "highest step that passed, not repeated)")
     return (f"open-loop capacity search (ramp x{p.growth:g} from {p.start_rps:g} req/s, bisect to "
             f"{p.resolution:.0%}, winner and the failure above it repeated; probes >= {p.min_requests} requests or "
             f"{p.min_duration_s:g} s after {p.warmup_s:g} s warm-up; budget {p.max_total_s:g} s)")

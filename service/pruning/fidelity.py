@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from service.artifacts.manifest import Fidelity
+from service.loadgen import percentile
 
 __all__ = ["fidelity", "recall_at_k"]
 
@@ -27,9 +28,7 @@ def fidelity(reference: np.ndarray, candidate: np.ndarray) -> Fidelity:
     cos = np.sum(reference * candidate, axis=1)
     return Fidelity(
         mean_cosine=float(cos.mean()),
-        # numpy's default (linear), named: manifests have recorded it so. Load measurements use nearest
-        # rank (service.loadgen.percentile), the usual reading of a latency p99.
-        p5_cosine=float(np.percentile(cos, 5, method="linear")),
+        p5_cosine=percentile(cos, 5),  # nearest rank, twinserve's one percentile
         recall_at_10=recall_at_k(reference, candidate, 10),
         n_texts=len(cos),
     )

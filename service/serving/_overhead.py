@@ -35,10 +35,10 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from service._platform import free_port
+from service.loadgen import percentile
 
 TEXT = "How long does one request spend outside the model?"
 
@@ -64,7 +64,8 @@ class OverheadResult(BaseModel):
 
 
 def _pct(xs: list[float], q: float) -> float:
-    return float(np.percentile(np.array(xs) * 1e3, q))
+    """The ``q``-th percentile of ``xs`` (seconds) in ms, nearest rank."""
+    return percentile(xs, q) * 1e3
 
 
 @contextmanager

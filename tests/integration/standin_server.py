@@ -1,8 +1,8 @@
 """A stand-in for twinserve's HTTP API (NOT the real service): fake embeddings, real HTTP, on a free port.
 
 It speaks the contract the load tests rely on (``POST /v1/embeddings``, OpenAI-shaped body,
-X-Variant / X-Route-Reason response headers, X-Variant override) so Locust, the sweep and the
-report can be tested end to end without Ray or a model. Each variant serves one request at a
+X-Variant / X-Route-Reason response headers, X-Variant override) so the open-loop generator, the
+capacity search and ``twinserve loadtest``'s sweep can be tested end to end without Ray or a model. Each variant serves one request at a
 time with a small fixed service time, so it saturates like a real single-worker server.
 """
 

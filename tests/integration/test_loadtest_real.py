@@ -1,39 +1,40 @@
-"""Real Locust against the REAL service (the session's Ray Serve application, tiny artifacts).
+"""Real Locust, headless, against the REAL service (the session's Ray Serve application, tiny artifacts).
 
-A short sweep through ``run_sweep`` (the ``twinserve loadtest --sweep`` path: the locust CLI as a
-subprocess, one run per variant forced with X-Variant). No timing is asserted: the SLO is set loose
-so both variants get a capacity figure on any machine, and only the consistency of what was
-measured is checked. (The report reads the capacity search's files: ``test_demo_search.py``.)
+The locustfile is the user-facing load tool (``locust -f loadtests/locustfile.py --host ...``); this
+runs it as a person would, for a few seconds per variant (forced with ``--twinserve-variant``, some
+requests carrying several texts), and reads Locust's own statistics: requests were made and none
+failed (the locustfile fails any answer that is not a 200 with one embedding per input). No timing is
+asserted. X_slo is measured by the open-loop generator, not Locust (``test_loadtest_standin.py``).
 """
 
 from __future__ import annotations
 
+import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
-from service.cost.loadtest import LoadTestResult, RawRun, SloCriteria, SweepPlan, run_sweep, select_x_slo
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+LOCUSTFILE = REPO / "loadtests" / "locustfile.py"
 
 
-def test_locust_sweep_against_real_service(serve_app, tmp_path):
-    plan = SweepPlan(rates_rps=[2, 4], step_duration_s=4.0, warmup_s=1.0, arrival="constant", multi_share=0.3,
-                     max_inputs=4, user_pool=20, stop_after_saturated_steps=0, seed=11)
-    # Loose on purpose: latency on a shared 2-core machine is not what this test is about.
-    slo = SloCriteria(slo_p99_ms=30_000, max_error_ratio=0.5, min_achieved_ratio=0.3)
-    out = tmp_path / "loadtest.json"
-    result = run_sweep(serve_app.url, variants=["dense", "pruned"], plan=plan, slo=slo, out=out)
-
-    assert LoadTestResult.model_validate_json(out.read_text()) == result
-    assert result.server.shares_machine_with_generator and result.server.gpu_model is None
-    for sweep in result.variants:
-        assert sweep.forced and [s.offered_rps for s in sweep.steps] == [2.0, 4.0]
-        for s in sweep.steps:
-            assert s.requests > 0 and s.failures == 0, (sweep.variant, s.status_counts)
-            assert s.status_counts == {"200": s.requests}
-            # the real router answered with the forced variant: a pinned request never falls back
-            assert s.answered_by == {sweep.variant: s.requests}
-            assert s.route_reasons == {"override": s.requests}
-            assert s.latency is not None and s.latency.p50_ms <= s.latency.p99_ms <= s.latency.max_ms
-        assert (sweep.x_slo_rps, sweep.x_slo_step) == select_x_slo(sweep.steps)
-        assert sweep.x_slo_rps is not None
-        raw = RawRun.model_validate_json(Path(sweep.raw_file).read_text())
-        assert raw.host == serve_app.url and [len(r.latencies_ms) for r in raw.steps] == [s.requests for s in
-                                                                                          sweep.steps]
+@pytest.mark.parametrize("variant", ["dense", "pruned"])
+def test_plain_locust_cli_against_the_real_service(serve_app, tmp_path, variant):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TWINSERVE_LOADTEST_")}
+    prefix = tmp_path / "locust"
+    proc = subprocess.run(
+        [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", "3", "-r", "3", "-t", "4s",
+         "--host", serve_app.url, "--only-summary", "--csv", str(prefix), "--twinserve-variant", variant,
+         "--twinserve-per-user-rps", "2", "--twinserve-multi-share", "0.5", "--twinserve-max-inputs", "4",
+         "--twinserve-user-pool", "20", "--twinserve-seed", "11"],
+        env=env, capture_output=True, text=True, timeout=120, cwd=REPO, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]  # Locust exits 1 when any request failed
+    rows = {r["Name"]: r for r in csv.DictReader((tmp_path / "locust_stats.csv").open())}
+    embed = rows["/v1/embeddings"]
+    assert int(embed["Request Count"]) >= 3, embed  # 3 users at 2 req/s for 4 s: a dozen or so
+    assert int(embed["Failure Count"]) == 0, (embed, out[-3000:])
+    assert not (tmp_path / "locust_failures.csv").read_text().strip().splitlines()[1:]

@@ -1,63 +1,47 @@
-"""Real Locust, headless, against a STAND-IN HTTP server (fake embeddings, not the real service).
+"""``twinserve loadtest`` against a STAND-IN HTTP server (fake embeddings, real HTTP; each variant one
+request at a time for a fixed service time, so it saturates like a single-worker server). No Ray,
+no model.
 
-Proves the locustfile (plain ``locust`` CLI and the step shape) and the sweep fit together: the
-sweep's results file is valid typed JSON consistent with its steps. (The cost report reads the
-open-loop capacity search's files, not Locust sweeps: ``test_demo_search.py``.) No timing is
-asserted: what X_slo comes out depends on the machine; only its consistency with the measured
-steps is checked.
+The fixed-step sweep end to end: every step offered once per variant through the open-loop
+generator, the verdict of the capacity search, X_slo the highest step that passed, and the files
+the cost report reads. Timing is never asserted, only what follows from the server's own capacity
+(a server answering one request per 30 ms cannot answer 95% of 120 req/s).
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-from service.cost.loadtest import LoadTestResult, RawRun, SweepPlan, run_sweep, select_x_slo
+from service.cli import main
+from service.cost.capacity import capacity_measurement, load_capacity_run
 from tests.integration.standin_server import StandinServer
 
-REPO = Path(__file__).resolve().parents[2]
-LOCUSTFILE = REPO / "loadtests" / "locustfile.py"
+SERVICE_TIME_S = {"dense": 0.03, "pruned": 0.01}  # at most 33 and 100 answers per second
 
 
-def test_plain_locust_cli_against_standin_server():
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TWINSERVE_LOADTEST_")}
-    with StandinServer() as srv:
-        proc = subprocess.run(
-            [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", "3", "-r", "3", "-t", "2s",
-             "--host", srv.url, "--only-summary", "--twinserve-variant", "pruned", "--twinserve-per-user-rps", "5"],
-            env=env, capture_output=True, text=True, timeout=90)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-2000:]  # Locust exits 1 if any request failed
-    assert "/v1/embeddings" in out and "Aggregated" in out
-
-
-def test_locust_sweep_against_standin_server(tmp_path):
-    plan = SweepPlan(rates_rps=[8, 30], step_duration_s=3.0, warmup_s=0.5, multi_share=0.5, max_inputs=4,
-                     user_pool=50, stop_after_saturated_steps=0, seed=3)
-    seen: list[tuple[str, int]] = []
+def test_the_sweep_against_a_standin_server_writes_the_files_the_report_reads(tmp_path, capsys):
     out = tmp_path / "loadtest.json"
-    with StandinServer() as srv:
-        result = run_sweep(srv.url, variants=["dense", "pruned"], plan=plan, out=out,
-                           on_step=lambda v, s: seen.append((v, s.index)))
-
-    saved = LoadTestResult.model_validate_json(out.read_text())
-    assert saved == result
-    assert sorted(seen) == [("dense", 0), ("dense", 1), ("pruned", 0), ("pruned", 1)]
-    assert result.server.shares_machine_with_generator and result.server.cpu_count >= 1
-    assert any("load generator ran on the server's machine" in n for n in result.notes)
-    for sweep in result.variants:
-        assert sweep.forced and [s.offered_rps for s in sweep.steps] == [8.0, 30.0]
-        for s in sweep.steps:
-            assert s.requests > 0 and s.failures == 0 and s.latency is not None
-            assert s.answered_by == {sweep.variant: s.requests}  # X-Variant forced and echoed
-            assert s.route_reasons == {"override": s.requests}
-            assert s.inputs_per_request_mean > 1.0  # half the requests carry several inputs
-            assert s.generator_cpu_cores >= 0.0 and 0.0 <= s.machine_cpu_percent <= 100.0
-            assert s.latency.p50_ms <= s.latency.p99_ms <= s.latency.max_ms
-            assert s.passed == (not s.reasons)
-        assert (sweep.x_slo_rps, sweep.x_slo_step) == select_x_slo(sweep.steps)
-        raw = RawRun.model_validate_json(Path(sweep.raw_file).read_text())
-        assert [len(r.latencies_ms) for r in raw.steps] == [s.requests for s in sweep.steps]
-
+    with StandinServer(SERVICE_TIME_S) as srv:
+        rc = main(["loadtest", "--url", srv.url, "--variants", "dense", "pruned", "--rates", "8", "120",
+                   "--shapes", "1", "--step-s", "2.5", "--warmup-s", "0.5", "--slo-p99-ms", "2000",
+                   "--stop-after-saturated", "0", "--out", str(out)])
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err[-2000:]
+    for variant in ("dense", "pruned"):
+        path = tmp_path / f"loadtest-{variant}.json"
+        run = load_capacity_run(path)  # the report's loader
+        assert run.variant == variant and run.headers == {"X-Variant": variant}
+        assert run.url == f"{srv.url}/v1/embeddings" and list(run.searches) == ["1"]
+        r = run.searches["1"]
+        assert [(p.phase, p.offered_rps) for p in r.probes] == [("step", 8.0), ("step", 120.0)]
+        assert all(p.window_s == 2.0 and p.warmup_s == 0.5 for p in r.probes)
+        assert all(abs(p.sent - p.offered_rps * p.window_s) <= 1 for p in r.probes)  # the schedule held
+        top = r.probes[1]
+        assert not top.passed and any("answered" in reason for reason in top.reasons), top
+        assert top.answered_rps <= 1.1 / SERVICE_TIME_S[variant]  # no more than the server can answer
+        low = r.probes[0]
+        assert low.passed == (not low.reasons)
+        assert r.x_slo_rps == (8.0 if low.passed else None) and r.status == ("swept" if low.passed else "none")
+        assert not r.lower_bound
+        m = capacity_measurement(run, "1", str(path))
+        assert m.variant == variant and m.x_slo_rps == r.x_slo_rps
+        assert m.method.startswith("open-loop fixed-step sweep (twinserve loadtest: 8, 120 req/s once each")
+        assert f"{variant} at 1 text per request: X_slo" in printed.out

@@ -18,7 +18,7 @@ ZEN4 = ["avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16"]  # this wor
 def _m(arch: str = "x86_64", flags: list[str] | None = ZEN4, x: float = 100.0) -> Measurement:
     return Measurement(variant="pruned", x_slo_rps=x, slo_p99_ms=100, hardware="test box", cpu_count=2,
                        cpu_arch=arch, gpu_model=None, instance_type=None, cpu_flags=flags,
-                       shares_machine_with_generator=True, source="lt.json")
+                       shares_machine_with_generator=True, source="lt.json", method="test")
 
 
 def _cells(m: Measurement) -> dict:
@@ -81,8 +81,8 @@ def test_unrecorded_flags_are_said_not_guessed():
     assert "features were not recorded" in c.note and "AMX" in c.note
 
 
-def test_the_load_test_records_this_machines_flags():
-    from service.cost.loadtest import local_server_hardware
+def test_a_capacity_file_records_this_machines_flags():
+    from service.capacity_search import capacity_run  # twinserve capacity, loadtest and the demo write it
 
-    hw = local_server_hardware("http://127.0.0.1:8000")
-    assert hw.cpu_flags == cpu_flags()
+    run = capacity_run("http://127.0.0.1:8000/v1/embeddings", {}, headers={}, variant=None)
+    assert run.cpu_flags == (cpu_flags() or [])

@@ -220,3 +220,16 @@ def test_the_cli_reports_a_bad_override_by_flag_and_exits_nonzero(capsys):
     err = capsys.readouterr().err
     assert "--pruning-steps: input should be greater than 0, got 0" in err
     assert "--learning-rate: input should be greater than 0, got -1.0" in err
+
+
+def test_fidelity_p5_is_nearest_rank_an_observed_cosine():
+    from service.pruning.fidelity import fidelity
+
+    angles = np.linspace(0.05, 1.0, 20)  # 20 texts, one cosine each: cos(angle)
+    ref = np.tile([1.0, 0.0], (20, 1))
+    cand = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    f = fidelity(ref, cand)
+    cos = np.cos(angles)
+    # nearest rank: ceil(5% of 20) = the smallest value itself; linear would sit between the two smallest
+    assert f.p5_cosine == pytest.approx(cos.min(), abs=1e-12) and f.p5_cosine in set(cos.tolist())
+    assert f.mean_cosine == pytest.approx(cos.mean()) and f.n_texts == 20

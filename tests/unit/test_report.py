@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from PIL import Image
+from pydantic import BaseModel
 
 from service.artifacts.manifest import CorpusInfo, Fidelity, LatencyRow, Manifest, VariantInfo
 from service.bench import BenchCell, BenchResult
@@ -22,10 +23,10 @@ from service.capacity_search import (
     ProbeResult,
     SearchPlan,
     SearchResult,
+    SloCriteria,
     probe_verdict,
 )
 from service.cli import main
-from service.cost.loadtest import ServerHardware, SloCriteria
 from service.cost.model import Offer, crossover
 from service.cost.prices import load_prices
 from service.cost.report import Report, ReportConfig, ReportError, build_report, query_shadow_agreement, write_report
@@ -33,10 +34,21 @@ from service.model.encoder import LayerShape
 
 REPO = Path(__file__).resolve().parents[2]
 PRICES = REPO / "deploy" / "prices.yaml"
-CPU_BOX = ServerHardware(description="Test CPU 3000, 2 logical CPUs", cpu_count=2, cpu_arch="x86_64",
-                         shares_machine_with_generator=True)
-T4_BOX = ServerHardware(description="g4dn.xlarge, NVIDIA T4", cpu_count=4, cpu_arch="x86_64", gpu_model="Tesla T4",
-                        instance_type="g4dn.xlarge", shares_machine_with_generator=False)
+
+
+class Box(BaseModel):
+    """The server's machine, as a capacity file records it."""
+    description: str
+    cpu_count: int
+    cpu_arch: str
+    gpu_model: str | None = None
+    instance_type: str | None = None
+    cpu_flags: list[str] | None = None
+
+
+CPU_BOX = Box(description="Test CPU 3000, 2 logical CPUs", cpu_count=2, cpu_arch="x86_64")
+T4_BOX = Box(description="g4dn.xlarge, NVIDIA T4", cpu_count=4, cpu_arch="x86_64", gpu_model="Tesla T4",
+             instance_type="g4dn.xlarge")
 
 
 def _search(spec: list[tuple[float, float, float]], slo: SloCriteria) -> SearchResult:
@@ -65,7 +77,7 @@ def _search(spec: list[tuple[float, float, float]], slo: SloCriteria) -> SearchR
 MIX = "mix: 80% of requests 1 text, 20% 2-8 texts (the locustfile's default mix)"
 
 
-def _capacity(tmp_path: Path, name: str, server: ServerHardware, specs: dict, slo: SloCriteria | None = None,
+def _capacity(tmp_path: Path, name: str, server: Box, specs: dict, slo: SloCriteria | None = None,
               single: dict | None = None) -> list[Path]:
     """Capacity files as ``twinserve capacity --variant V --shapes mix 1`` writes them, one per variant of
     ``specs`` (the mix); at 1 text per request, ``single``'s spec, else the mix's at twice the rates."""

@@ -55,7 +55,8 @@ def _shape_capacity(shape: str, description: str, r: SearchResult, costed: bool)
 
 def _variant_summary(run: CapacityRun, shape: str, source: str) -> VariantSummary:
     r = run.searches[shape]
-    at_x = [p for p in r.probes if r.x_slo_rps is not None and p.offered_rps == r.x_slo_rps and p.phase == "confirm"]
+    at_x = [p for p in r.probes if r.x_slo_rps is not None and p.offered_rps == r.x_slo_rps and p.passed
+            and p.phase in ("confirm", "step")]
     return VariantSummary(
         variant=run.variant or "routed", x_slo_rps=r.x_slo_rps, shape=shape,
         shape_description=run.shapes.get(shape, shape),

@@ -65,17 +65,21 @@ def _document(report: Report, files: dict[str, Path]) -> Doc:
     u = report.utilisation
     doc = Doc("twinserve cost report")
     cr = report.criteria
+    swept = any(sc.status == "swept" for v in report.variants.values() for sc in v.shapes.values())
     doc.p(f"Generated {report.created_at:%Y-%m-%d %H:%M} UTC. Criteria every capacity was found with (as the "
           f"capacity searches recorded them): p99 <= {cr.slo_p99_ms:g} ms timed from the scheduled send (open "
           f"loop), errors < {cr.max_error_ratio:.2%}, answered rate >= {cr.min_achieved_ratio:.0%} of offered, and "
-          f"confirmed by a repeat. The costs use X_slo at request shape **{report.cost_shape}** "
+          f"confirmed by a repeat{' (searches; a sweep runs each step once)' if swept else ''}. The costs use X_slo "
+          f"at request shape **{report.cost_shape}** "
           f"({report.cost_shape_description}). Cost: `$/1M = price_usd_per_hour x 10^6 / (3600 x u x X_slo)`, "
           f"u = {u:g} (u = 1 beside it). `report.json` holds every number shown here.")
 
     doc.h("Capacity within the SLO (X_slo)")
     doc.p("Each variant pinned with `X-Variant`, each request shape searched on its own: exponential ramp, binary "
           "search, the winner and the failure above it repeated. X_slo is the highest offered rate that passed "
-          "twice; a rate that passed once and failed once is **noisy** and both runs are listed below.")
+          "twice; a rate that passed once and failed once is **noisy** and both runs are listed below."
+          + (" Status **swept**: `twinserve loadtest`'s fixed-step sweep instead, the given rates offered once each; "
+             "X_slo is the highest step that passed, not repeated." if swept else ""))
     shape_rows = []
     for v in report.variants.values():
         for sc in v.shapes.values():

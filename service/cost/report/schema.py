@@ -60,7 +60,7 @@ class InputFile(Strict):
 class StepSummary(Strict):
     """One probe of the capacity search, in the order run."""
 
-    phase: str = Field(description="ramp, bisect or confirm (a repeat)")
+    phase: str = Field(description="ramp, bisect or confirm (a repeat); step: a fixed-step sweep's")
     offered_rps: float
     achieved_rps: float = Field(description="200 answers completed inside the window, per second")
     p50_ms: float | None
@@ -77,8 +77,10 @@ class ShapeCapacity(Strict):
 
     shape: str
     description: str = Field(description="what each request carries")
-    x_slo_rps: float | None = Field(description="confirmed X_slo (passed twice), req/s; None: none confirmed")
-    status: str = Field(description="the search's status: confirmed, none, unconfirmed, budget")
+    x_slo_rps: float | None = Field(description="confirmed X_slo (passed twice; swept: the highest step that passed "
+                                                "once), req/s; None: none")
+    status: str = Field(description="the search's status: confirmed, none, unconfirmed, budget; swept: a fixed-step "
+                                    "sweep (twinserve loadtest)")
     lower_bound: bool
     best_single_pass_rps: float | None
     max_answered_rps: float
