@@ -27,7 +27,7 @@ import numpy as np
 from service._platform import hardware_description
 from service._schema import Strict
 from service.artifacts.manifest import LatencyRow
-from service.loadgen import percentile
+from service._stats import percentile
 
 __all__ = ["BenchCell", "BenchResult", "interleaved_latency", "run_bench"]
 

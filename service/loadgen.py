@@ -27,10 +27,8 @@ request against aiohttp's 0.6-0.8 (measured side by side at 150 req/s), CPU take
 service under test and latency added to every answer the generator times. uvloop is used when
 installed (it is, with Ray Serve's uvicorn): less CPU per request again.
 
-Percentiles everywhere in twinserve are :func:`percentile` (load measurements here and in the
-capacity search, the bench's p90, the pruning job's p5 cosine, the serving overhead benchmark):
-NumPy's ``inverted_cdf`` method, the nearest-rank definition (the smallest observed value with
-at least q% of the values at or below it; always a value that was observed).
+Percentiles everywhere in twinserve are :func:`service._stats.percentile` (re-exported here):
+nearest rank, always a value that was observed.
 """
 
 from __future__ import annotations
@@ -45,8 +43,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict
+
+from service._stats import PERCENTILE_METHOD, percentile
 
 __all__ = [
     "PERCENTILE_METHOD",
@@ -64,8 +63,6 @@ __all__ = [
     "summarise",
 ]
 
-PERCENTILE_METHOD = "inverted_cdf"  # NumPy's name for nearest rank
-
 TEXTS = (
     "Where is my parcel? It was due on Tuesday.",
     "The battery lasts two days, which is more than I expected.",
@@ -74,15 +71,6 @@ TEXTS = (
     "Can I change the delivery address after ordering?",
     "The screen cracked after a week; I want a replacement.",
 )
-
-
-def percentile(values: Sequence[float] | np.ndarray, q: float) -> float:
-    """The ``q``-th percentile (``q`` in [0, 100]) of ``values`` (any order), nearest rank."""
-    if len(values) == 0:
-        raise ValueError("percentile of no values")
-    if not 0 <= q <= 100:
-        raise ValueError(f"q must be in [0, 100], got {q}")
-    return float(np.percentile(np.asarray(values, dtype=float), q, method=PERCENTILE_METHOD))
 
 
 def check_loopback(url: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from service.artifacts.manifest import Fidelity
-from service.loadgen import percentile
+from service._stats import percentile
 
 __all__ = ["fidelity", "recall_at_k"]
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from service._platform import free_port
-from service.loadgen import percentile
+from service._stats import percentile
 
 TEXT = "How long does one request spend outside the model?"
 

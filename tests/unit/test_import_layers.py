@@ -1,6 +1,6 @@
 """The dependency direction of docs/ARCHITECTURE.md, enforced by reading the source (nothing is imported).
 
-    cli ──► pruning, serving, cost, load tests ──► model, artifacts, settings ──► _platform, _schema
+    cli ──► pruning, serving, cost, load tests ──► model, artifacts, settings ──► _platform, _schema, _stats
 
 Every ``import`` and ``from ... import`` in every module under service/ counts, those inside
 functions too (a lazy import is still a dependency; it only moves the cost). A module may import
@@ -28,6 +28,7 @@ PACKAGE = ROOT / "service"
 LAYERS: dict[str, int] = {
     "service._platform": 0,
     "service._schema": 0,  # the strict base model, load_json, the variants' names
+    "service._stats": 0,  # the one percentile
     "service": 1,  # the package's own __init__
     "service.model": 1,
     "service.settings": 1,
@@ -46,7 +47,7 @@ LAYERS: dict[str, int] = {
     "service._infinity": 2,
     "service.cli": 3,
 }
-LAYER_NAMES = {0: "_platform/_schema", 1: "model/artifacts/settings", 2: "pruning/serving/cost/load tests", 3: "cli"}
+LAYER_NAMES = {0: "_platform/_schema/_stats", 1: "model/artifacts/settings", 2: "pruning/serving/cost/load tests", 3: "cli"}
 
 # (importer, imported) module pairs that break a rule today. Shrinking this is the goal.
 ALLOWED: set[tuple[str, str]] = set()
