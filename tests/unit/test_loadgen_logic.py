@@ -62,3 +62,28 @@ def test_loopback_targets_are_accepted(url):
 def test_other_targets_are_refused(url):
     with pytest.raises(ValueError, match="loopback"):
         check_loopback(url)
+
+
+def test_no_full_collection_while_the_load_runs_and_one_after():
+    import gc
+
+    from service.loadgen import _no_full_collections
+
+    full = []
+
+    def seen(phase, info):
+        if phase == "start" and info["generation"] == 2:
+            full.append(info)
+
+    before = gc.get_threshold()
+    gc.callbacks.append(seen)
+    try:
+        with _no_full_collections():
+            junk = []
+            for i in range(300_000):  # enough young collections to trigger full ones at the default thresholds
+                junk.append([i])
+            assert full == [], "a full collection ran inside the load"
+        assert len(full) == 1  # the one at the end
+    finally:
+        gc.callbacks.remove(seen)
+    assert gc.get_threshold() == before
