@@ -22,7 +22,8 @@ def test_killed_replica_costs_no_client_request_and_is_replaced(serve_app, varia
     assert result.passed, result.reasons
     assert result.load.sent == 240
     if variant == "dense":  # the CPU variant lives in every ingress replica: losing one needs no fallback
-        assert result.fallbacks_in_answers > 0
+        # Owed once the ingress could have marked dense down; a faster replacement leaves it no reason.
+        assert result.fallbacks_in_answers > 0 or result.replaced_after_s <= result.detect_s
 
 
 def test_overload_is_shed_with_retry_after_and_the_service_recovers(tight_app):
