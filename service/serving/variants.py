@@ -98,6 +98,9 @@ class DenseVariant:
         self.handle, self.timeout_s, self.probe_timeout_s = handle, timeout_s, probe_timeout_s
         self._list_replicas = list_replicas
         self._meta: dict | None = None
+        # Replica actors seen with their model loaded. Ray's actor handles hash and compare by actor
+        # id, so a fresh handle from the next lookup finds its replica here.
+        self._initialized: set = set()
 
     async def embed(self, ids: list[list[int]]) -> np.ndarray:
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
@@ -126,11 +129,15 @@ class DenseVariant:
         return dense_replica_actors(serve.get_replica_context().app_name, self.handle.deployment_name)
 
     async def probe(self) -> bool:
-        """Does a dense replica answer out of band within ``probe_timeout_s``?
+        """Does a dense replica that has loaded its model answer out of band within ``probe_timeout_s``?
 
-        The probe asks each replica actor for its queue length, a method Ray runs on a thread of its
-        own (the request router's probe), so a busy replica answers as fast as an idle one and a
-        dead one is not listed or fails at once.
+        Liveness: each replica actor is asked for its queue length, a method Ray runs on a thread of
+        its own (the request router's probe), so a busy replica answers as fast as an idle one and a
+        dead one is not listed or fails at once. Readiness: a live replica counts only once it says
+        its model is loaded (``was_initialized``, which the Serve controller asks too), asked until
+        it says yes: Ray starts a replacement's actor within a second of a SIGKILL, long before the
+        replacement can serve, and counting it as up then kept the variant from ever being marked
+        down (the routed requests waited for it instead of falling back; 2026-11-30, 13:03 and 13:13).
         """
         try:
             actors = await asyncio.wait_for(asyncio.to_thread(self._replicas), self.probe_timeout_s)
@@ -139,9 +146,17 @@ class DenseVariant:
             answers = await asyncio.wait_for(
                 asyncio.gather(*(a.get_num_ongoing_requests.remote() for a in actors), return_exceptions=True),
                 self.probe_timeout_s)
+            alive = {a for a, ans in zip(actors, answers) if not isinstance(ans, BaseException)}
+            self._initialized &= alive  # forget the dead
+            starting = list(alive - self._initialized)
+            if starting and not self._initialized:
+                ready = await asyncio.wait_for(
+                    asyncio.gather(*(a.was_initialized.remote() for a in starting), return_exceptions=True),
+                    self.probe_timeout_s)
+                self._initialized |= {a for a, ok in zip(starting, ready) if ok is True}
         except Exception:  # noqa: BLE001 - timeout or GCS trouble: a miss
             return False
-        return any(not isinstance(a, BaseException) for a in answers)
+        return bool(self._initialized)
 
     async def metadata(self) -> dict | None:
         """The replica's own description (asked once, through its queue); None until it answers."""

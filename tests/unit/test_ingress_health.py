@@ -134,11 +134,20 @@ def test_shedding_is_not_an_error_and_an_answer_is_a_success():
 
 
 class StandInReplicaActor:
-    """A dense replica actor as the probe sees it: ``get_num_ongoing_requests.remote()`` is awaitable."""
+    """A dense replica actor as the probe sees it: ``get_num_ongoing_requests.remote()`` and
+    ``was_initialized.remote()`` are awaitable; the latter counts its calls."""
 
-    def __init__(self, answer=None, error: BaseException | None = None, delay_s: float = 0.0):
+    def __init__(self, answer=None, error: BaseException | None = None, delay_s: float = 0.0,
+                 initialized: bool = True):
         self.get_num_ongoing_requests = SimpleNamespace(
             remote=lambda: StandInResponse(result=answer, error=error, delay_s=delay_s))
+        self.initialized, self.init_asked = initialized, 0
+
+        def was_initialized():
+            self.init_asked += 1
+            return StandInResponse(result=self.initialized)
+
+        self.was_initialized = SimpleNamespace(remote=was_initialized)
 
 
 @pytest.mark.parametrize("actors, up", [
@@ -146,12 +155,30 @@ class StandInReplicaActor:
     ([StandInReplicaActor(error=RuntimeError("ActorDiedError"))], False),  # listed, but dead
     ([StandInReplicaActor(answer=3, delay_s=5.0)], False),                 # no answer within the timeout
     ([StandInReplicaActor(error=RuntimeError("dead")), StandInReplicaActor(answer=31)], True),  # one is enough
+    ([StandInReplicaActor(answer=0, initialized=False)], False),          # alive, model still loading
 ])
 def test_the_dense_probe_asks_replica_actors_out_of_band(actors, up):
     from service.serving.variants import DenseVariant
 
     dense = DenseVariant(handle=None, timeout_s=1.0, probe_timeout_s=0.2, list_replicas=lambda: actors)
     assert asyncio.run(dense.probe()) is up
+
+
+def test_a_replacement_counts_as_up_only_once_its_model_is_loaded():
+    from service.serving.variants import DenseVariant
+
+    old, new = StandInReplicaActor(answer=0), StandInReplicaActor(answer=0, initialized=False)
+    listed = [old]
+    dense = DenseVariant(handle=None, timeout_s=1.0, probe_timeout_s=0.2, list_replicas=lambda: listed)
+    assert asyncio.run(dense.probe()) is True
+    assert asyncio.run(dense.probe()) is True and old.init_asked == 1  # asked once, then remembered
+    listed[:] = [new]  # SIGKILL: the old one is gone, Ray has started the replacement's actor
+    assert asyncio.run(dense.probe()) is False and asyncio.run(dense.probe()) is False
+    new.initialized = True  # its model is loaded
+    assert asyncio.run(dense.probe()) is True
+    listed[:] = [old]  # an actor forgotten as dead is asked again if it is ever listed again
+    old.initialized = False
+    assert asyncio.run(dense.probe()) is False
 
 
 def test_shadow_agreement_counts_its_samples_and_starts_afresh_on_reset():
