@@ -1,7 +1,8 @@
 """Capacity by search: X_slo, the highest offered rate a server carries within the SLO.
 
 The method of Hugging Face's "1 billion classifications" study: an exponential ramp of the
-offered rate until a probe fails, then a binary search between the highest rate that passed
+offered rate until a probe fails (that first failure is repeated at once; a pass on the repeat
+is noise and the ramp goes on), then a binary search between the highest rate that passed
 and the lowest that failed, then a repeat of the winner. Each probe is one open-loop run
 (``service.loadgen``) long enough for its p99 to mean something: at least
 ``min_requests`` requests or ``min_duration_s`` seconds, whichever comes first (never less
@@ -18,8 +19,9 @@ X_slo is the highest passing rate whose repeat also passed. When the repeat fail
 reported as noisy and the next lower passing rate is repeated instead (a few at most). The
 failure just above X_slo is repeated too: when it passes, it is reported as noisy (X_slo may be
 higher). A rate that passed above one that failed is reported as non-monotone. Every probe, repeats included,
-is in the result, so both runs of a noisy rate are there to read. The search stops starting
-probes when its time budget (``max_total_s``) would be passed, keeping room for the repeat.
+is in the result, so both runs of a noisy rate are there to read. The search starts a probe only
+while its time budget (``max_total_s``) still holds that probe, the recovery gap a failure
+brings and the repeat the outcome may need (of the probe's rate, or of the best pass below it).
 
 ``twinserve loadtest``'s fixed-step sweep (:func:`sweep_steps`, plan from :func:`sweep_plan`)
 offers given rates once each with the same probe and verdict: X_slo is the highest step that
