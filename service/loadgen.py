@@ -38,6 +38,7 @@ import gc
 import ipaddress
 import json
 import random
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -201,6 +202,11 @@ def _machine_busy_s() -> float:
     return sum(t) - t.idle - getattr(t, "iowait", 0.0)
 
 
+_runs_lock = threading.Lock()
+_runs = 0  # open-loop runs in progress in this process (runs in threads may overlap)
+_saved_threshold: tuple[int, int, int] = (700, 10, 10)
+
+
 @contextmanager
 def _no_full_collections() -> Iterator[None]:
     """No full (generation 2) garbage collection while the load runs; one after it.
@@ -212,13 +218,22 @@ def _no_full_collections() -> Iterator[None]:
     Young generations are still collected (cheap: they hold only new objects); cycles that reach
     the old generation wait for the collection at the end.
     """
-    t0, t1, t2 = gc.get_threshold()
-    gc.set_threshold(t0, t1, 1_000_000_000)
+    global _runs, _saved_threshold
+    with _runs_lock:  # thresholds are process-wide: the first run in saves them, the last one out restores
+        if _runs == 0:
+            _saved_threshold = gc.get_threshold()
+            gc.set_threshold(_saved_threshold[0], _saved_threshold[1], 1_000_000_000)
+        _runs += 1
     try:
         yield
     finally:
-        gc.set_threshold(t0, t1, t2)
-        gc.collect()
+        with _runs_lock:
+            _runs -= 1
+            last = _runs == 0
+            if last:
+                gc.set_threshold(*_saved_threshold)
+        if last:
+            gc.collect()
 
 
 def _event_loop_runner() -> tuple[Callable, str]:

@@ -87,3 +87,18 @@ def test_no_full_collection_while_the_load_runs_and_one_after():
     finally:
         gc.callbacks.remove(seen)
     assert gc.get_threshold() == before
+
+
+def test_overlapping_runs_restore_the_thresholds_once_the_last_one_ends():
+    import gc
+
+    from service.loadgen import _no_full_collections
+
+    before = gc.get_threshold()
+    outer, inner = _no_full_collections(), _no_full_collections()
+    outer.__enter__()
+    inner.__enter__()  # a second run starts (another thread) while the first is going
+    outer.__exit__(None, None, None)  # the first ends before it
+    assert gc.get_threshold()[2] > before[2]  # still held off for the run still going
+    inner.__exit__(None, None, None)
+    assert gc.get_threshold() == before  # not left disabled by the run that ended last
