@@ -78,8 +78,8 @@ def _shared_dir(path: Path) -> None:
 
 
 def prepare_leases(out: Path) -> Path:
-    """Make the lease directory of ``out``'s versions if missing (the pruning job does, as the serving
-    pods' user, before they mount it); return it. One it cannot make is logged: publishing goes on."""
+    """Make the lease directory of ``out``'s versions if missing (publishing does); return it. One it
+    cannot make is logged: publishing goes on."""
     root = lease_root(out.parent)
     try:
         _shared_dir(root)

@@ -42,7 +42,6 @@ from service.artifacts.manifest import (
     write_manifest,
 )
 from service.artifacts.publishing import DEFAULT_KEEP_VERSIONS, PublishError, building, publish, remove_orphans
-from service.artifacts.versions import prepare_leases
 from service.bench import interleaved_latency
 from service.model.encoder import Encoder, ModelLoadError, load_encoder, save_encoder
 from service.model.onnx_runtime import make_session, run_session
@@ -242,7 +241,6 @@ def run_prune(
         remove_orphans(out)
     except PublishError as e:
         raise PruneError(str(e)) from None
-    prepare_leases(out)  # even when reusing: the chart's Ray workers mount it and wait for it (made by this UID)
     if not force and (out / "manifest.json").is_file():
         try:
             published = verify_artifacts(out)
