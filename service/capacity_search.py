@@ -50,7 +50,8 @@ from service._capacity_schema import (
     SloCriteria,
 )
 from service._load_plot import plot_searches
-from service.loadgen import SHAPES, Answer, RequestShape, embedding_bodies, open_loop, percentile
+from service._stats import percentile
+from service.loadgen import SHAPES, Answer, RequestShape, embedding_bodies, open_loop
 
 __all__ = [
     "CPU_FEATURES",

@@ -27,8 +27,8 @@ request against aiohttp's 0.6-0.8 (measured side by side at 150 req/s), CPU take
 service under test and latency added to every answer the generator times. uvloop is used when
 installed (it is, with Ray Serve's uvicorn): less CPU per request again.
 
-Percentiles everywhere in twinserve are :func:`service._stats.percentile` (re-exported here):
-nearest rank, always a value that was observed.
+Percentiles everywhere in twinserve are :func:`service._stats.percentile`: nearest rank, always
+a value that was observed.
 """
 
 from __future__ import annotations
@@ -48,10 +48,9 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict
 
-from service._stats import PERCENTILE_METHOD, percentile
+from service._stats import percentile
 
 __all__ = [
-    "PERCENTILE_METHOD",
     "SHAPES",
     "TEXTS",
     "Answer",
@@ -62,7 +61,6 @@ __all__ = [
     "drive",
     "embedding_bodies",
     "open_loop",
-    "percentile",
     "summarise",
 ]
 

@@ -35,7 +35,8 @@ from pydantic import BaseModel
 
 from service._platform import metric_sum
 from service._schema import VARIANTS
-from service.loadgen import TEXTS, Answer, LoadSummary, drive, percentile, summarise
+from service._stats import percentile
+from service.loadgen import TEXTS, Answer, LoadSummary, drive, summarise
 
 __all__ = [
     "SCENARIOS",

@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from tests.chart import CHART, LOCAL_VALUES, ROOT, lint, node_types, pod_specs, render, rayservice, serve_config
+from tests.chart import LOCAL_VALUES, ROOT, lint, node_types, pod_specs, render, rayservice, serve_config
 
 CPU_ONLY = {"gpu": {"enabled": False}}
 ALL_TOGGLES = {"metrics": {"podMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},

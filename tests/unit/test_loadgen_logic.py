@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from service.loadgen import SHAPES, TEXTS, RequestShape, check_loopback, embedding_bodies, percentile
+from service._stats import percentile
+from service.loadgen import SHAPES, TEXTS, RequestShape, check_loopback, embedding_bodies
 
 
 def test_percentile_is_nearest_rank_whatever_the_order():
