@@ -138,9 +138,11 @@ class LocalServer(ChildProcess):
         try:
             wait_ready(self.url, timeout_s, poll_s=1.0, alive=self.alive)
         except RuntimeError:
-            raise DemoError(f"twinserve serve exited with {self.proc.returncode}; see {self.log_path}") from None
+            raise DemoError(f"twinserve serve exited with {self.proc.returncode}; see {self.log_path}; "
+                            f"its last lines: {self.log_tail(15)}") from None
         except TimeoutError:
-            raise DemoError(f"twinserve serve not ready after {timeout_s:g} s; see {self.log_path}") from None
+            raise DemoError(f"twinserve serve not ready after {timeout_s:g} s; see {self.log_path}; "
+                            f"its last lines: {self.log_tail(15)}") from None
 
 
 def _interrupt(signum, frame):

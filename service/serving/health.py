@@ -6,7 +6,9 @@ one; pinned requests still try it):
 * **Probes** (:class:`Hysteresis`): an out-of-band check that does not wait in the variant's
   request queue. ``misses_to_down`` consecutive misses mark it down, ``successes_to_up``
   consecutive answers mark it up again, so one slow probe under load or one lucky answer from a
-  dying replica does not flip it.
+  dying replica does not flip it. Until a variant has answered once (an ingress replica starting
+  while the dense model still loads) each probe decides on its own: a miss marks it down at once
+  and the first answer marks it up, since a variant never seen up has nothing to flap from.
 * **Errors** (:class:`ErrorWindow`): the share of failed inference calls over the last
   ``window_s`` seconds. A variant that answers probes but fails requests is down while the share
   is at or above ``max_error_rate`` (with at least ``min_requests`` calls in the window).
@@ -24,18 +26,24 @@ __all__ = ["ErrorWindow", "Hysteresis", "VariantHealth"]
 
 
 class Hysteresis:
-    """Up/down state that changes only after a run of the opposite observation."""
+    """Up/down state that changes only after a run of the opposite observation, once it has been
+    seen up; before that every observation decides (starts up, so that requests are not turned
+    away before the first probe)."""
 
-    def __init__(self, *, misses_to_down: int, successes_to_up: int, up: bool = True):
+    def __init__(self, *, misses_to_down: int, successes_to_up: int):
         if misses_to_down < 1 or successes_to_up < 1:
             raise ValueError(f"misses_to_down and successes_to_up must be at least 1, "
                              f"got {misses_to_down} and {successes_to_up}")
         self.misses_to_down, self.successes_to_up = misses_to_down, successes_to_up
-        self.up = up
+        self.up = True
+        self.seen_up = False  # an observation has said up
         self._run = 0  # consecutive observations that disagree with the current state
 
     def observe(self, ok: bool) -> bool:
         """Record one probe; True when this observation changed the state."""
+        if not self.seen_up:
+            changed, self.up, self.seen_up = ok != self.up, ok, ok
+            return changed
         if ok == self.up:
             self._run = 0
             return False

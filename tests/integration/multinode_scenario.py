@@ -95,14 +95,26 @@ def main() -> int:
 
         url = f"http://127.0.0.1:{args.port}"
         wait_ready(url, 60)
+
+        def post(http: httpx.Client, i: int, headers: dict) -> dict:
+            r = http.post("/v1/embeddings", json={"input": [f"text number {i}", "another"]}, headers=headers)
+            return {"status": r.status_code, "variant": r.headers.get("x-variant"),
+                    "reason": r.headers.get("x-route-reason"),
+                    "dims": [len(d["embedding"]) for d in r.json().get("data", [])]}
+
         with httpx.Client(base_url=url, timeout=60) as http:
-            answers = []
-            for i in range(16):
-                headers = {"X-Variant": "dense"} if i == 0 else {"X-Variant": "pruned"} if i == 1 else {}
-                r = http.post("/v1/embeddings", json={"input": [f"text number {i}", "another"]}, headers=headers)
-                answers.append({"status": r.status_code, "variant": r.headers.get("x-variant"),
-                                "reason": r.headers.get("x-route-reason"),
-                                "dims": [len(d["embedding"]) for d in r.json().get("data", [])]})
+            # RUNNING means the dense replica has loaded; each ingress replica routes to it once its
+            # own probe has seen it (service/serving/health.py). Until then routed requests fall
+            # back, as they should: wait (bounded) for 8 routed answers in a row without a fallback.
+            warmup, run, deadline = [], 0, time.monotonic() + 60
+            while run < 8 and time.monotonic() < deadline:
+                a = post(http, len(warmup), {})
+                warmup.append(a["reason"])
+                run = 0 if a["reason"] == "fallback" else run + 1
+            report["warmup_reasons"] = warmup
+            log(f"warm-up: {len(warmup)} routed requests, {warmup.count('fallback')} fell back")
+            answers = [post(http, i, {"X-Variant": "dense"} if i == 0 else {"X-Variant": "pruned"} if i == 1 else {})
+                       for i in range(16)]
         report["answers"] = answers
         log(f"answers: {[(a['status'], a['variant'], a['reason']) for a in answers]}")
     finally:

@@ -54,10 +54,15 @@ def test_dense_on_the_gpu_stand_in_node_ingress_with_the_cpu_variant_on_the_cpu_
     assert set(placed) == {"Dense", "Router"}, placed
     assert len(placed["Router"]) == 2 and set(placed["Router"]) == {"pruned"}, placed
 
+    # Within a minute of RUNNING, every ingress replica's probe has seen dense: routed requests stop
+    # falling back (the warm-up ends on 8 in a row without one).
+    warmup = report["warmup_reasons"]
+    assert len(warmup) >= 8 and "fallback" not in warmup[-8:], (warmup, output[-6000:])
+
     # One endpoint, both variants answer: forced and routed by weight (0.5 / 0.5 over 14 requests).
     answers = report["answers"]
     assert all(a["status"] == 200 and len(a["dims"]) == 2 for a in answers), answers
     assert (answers[0]["variant"], answers[0]["reason"]) == ("dense", "override")
     assert (answers[1]["variant"], answers[1]["reason"]) == ("pruned", "override")
     routed = {a["variant"] for a in answers[2:] if a["reason"] == "weight"}
-    assert routed == {"dense", "pruned"}, answers
+    assert routed == {"dense", "pruned"}, (answers, output[-6000:])

@@ -18,10 +18,21 @@ from service.serving.policy import Route, VariantFailed, VariantUnavailable, dis
 
 def test_hysteresis_needs_a_run_of_misses_to_go_down_and_of_answers_to_come_back():
     h = Hysteresis(misses_to_down=3, successes_to_up=2)
-    changes = [h.observe(ok) for ok in [False, False, True, False, False, False]]
-    assert changes == [False, False, False, False, False, True] and not h.up  # the answer reset the run
+    changes = [h.observe(ok) for ok in [True, False, False, True, False, False, False]]
+    assert changes == [False, False, False, False, False, False, True] and not h.up  # the answer reset the run
     changes = [h.observe(ok) for ok in [True, False, True, True]]
     assert changes == [False, False, False, True] and h.up
+
+
+def test_before_its_first_answer_each_probe_decides_at_once():
+    # An ingress replica starting while the dense model loads: no requests sent to a model that is
+    # not there (down at the first miss), and routed to it as soon as it answers (up at the first).
+    h = Hysteresis(misses_to_down=3, successes_to_up=3)
+    assert h.up  # before any probe: requests are not turned away
+    assert h.observe(False) and not h.up
+    assert not h.observe(False) and not h.up
+    assert h.observe(True) and h.up
+    assert [h.observe(ok) for ok in [False, False, True, False, False, False]] == [False] * 5 + [True]  # settled
 
 
 def test_hysteresis_rejects_a_zero_run():
@@ -48,6 +59,7 @@ def test_a_variant_is_down_when_probes_miss_or_when_it_keeps_failing():
     h = VariantHealth(["dense", "pruned"], misses_to_down=2, successes_to_up=1, window_s=5, max_error_rate=0.5,
                       min_requests=2, clock=lambda: now[0])
     assert h.down() == set()
+    assert not h.probe("dense", True)  # seen up: misses count in a run from now on
     assert not h.probe("dense", False) and h.probe("dense", False)
     assert h.down() == {"dense"}
     h.probe("dense", True)
