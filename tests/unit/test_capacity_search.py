@@ -87,7 +87,7 @@ def test_every_rate_passing_up_to_max_rps_is_a_lower_bound():
     assert any("lower bound" in n for n in r.notes)
 
 
-def test_a_failed_repeat_is_reported_as_noise_and_the_next_lower_pass_is_confirmed():
+def test_a_failed_repeat_is_reported_as_noise_and_a_lower_pass_is_confirmed():
     first = search_capacity(FakeServer(capacity=300), PLAN, SLO)
     winner = first.x_slo_rps
     server = FakeServer(capacity=300, flaky={winner: {1}})  # the repeat (second visit) of the winner fails
@@ -142,6 +142,21 @@ class Scripted:
         visit = sum(1 for r, _ in self.calls if r == rate)
         self.calls.append((rate, phase))
         return _probe_result(rate, phase, self.script.get((rate, visit), rate <= self.capacity))
+
+
+def test_a_refuted_pass_bounds_a_search_that_goes_on_below_it():
+    # The demo's pruned search at the mix (2026-11-30, 14:02): 512 passed in the ramp, 640 passed in
+    # the bisection and failed its repeat; repeating 512 then reported 512 where an independent
+    # search confirmed 608. Here the server carries 620: 640 passes once by luck.
+    plan = PLAN.model_copy(update={"start_rps": 64, "max_confirm": 2})
+    server = Scripted(capacity=620, script={(640.0, 0): True})
+    r = search_capacity(server, plan, SLO)
+    assert server.calls[:9] == [(64, "ramp"), (128, "ramp"), (256, "ramp"), (512, "ramp"), (1024, "ramp"),
+                                (1024, "confirm"), (768, "bisect"), (640, "bisect"), (704, "bisect")]
+    assert (640, "confirm") in server.calls and (576, "bisect") in server.calls  # on between 512 and 640
+    assert r.status == "confirmed" and r.x_slo_rps == 608 and r.noisy_rps == [640]
+    assert server.calls[-1] == (624, "confirm")  # the lowest rate that only failed, repeated
+    assert any("640 req/s passed once and failed its repeat" in n for n in r.notes)
 
 
 def test_a_pass_above_a_failure_is_non_monotone():

@@ -465,8 +465,8 @@ def test_a_noisy_search_is_reported_with_both_runs(tmp_path):
     slo = SloCriteria()
     outcome = {}  # rate -> p99 of each successive probe at that rate: 40 passes once, then fails its repeat
 
-    def probe(rate, phase):
-        seq = {10.0: [20.0], 20.0: [30.0], 40.0: [60.0, 140.0], 60.0: [200.0], 80.0: [400.0]}[rate]
+    def probe(rate, phase):  # (30: the search goes on below the refuted 40)
+        seq = {10.0: [20.0], 20.0: [30.0], 30.0: [150.0], 40.0: [60.0, 140.0], 60.0: [200.0], 80.0: [400.0]}[rate]
         k = outcome.setdefault(rate, 0)
         outcome[rate] = k + 1
         (p,) = _search([(rate, rate, seq[min(k, len(seq) - 1)])], slo).probes[:1]
