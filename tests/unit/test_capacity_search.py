@@ -12,6 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from service.capacity_search import (
+    LatencyPercentiles,
     ProbeResult,
     SearchPlan,
     SearchResult,
@@ -119,6 +120,32 @@ def test_a_noisy_failure_in_the_ramp_is_repeated_and_the_ramp_goes_on():
     assert r.status == "confirmed" and 300 / 1.05 <= r.x_slo_rps <= 300
     assert [p.passed for p in r.probes if p.offered_rps == 16] == [False, True]  # both runs kept
     assert r.noisy_rps == [16] and any("failed once in the ramp" in n for n in r.notes)
+
+
+@pytest.mark.parametrize("clear", [
+    {"answered_rps": 256.0, "achieved_ratio": 0.5},  # the server fell behind: saturation, not noise
+    {"latency": LatencyPercentiles(p50_ms=60, p90_ms=90, p99_ms=126, max_ms=200, mean_ms=60)},  # p99 > 1.25 x SLO
+])
+def test_a_clear_ramp_failure_is_not_repeated(clear):
+    def probe(rate: float, phase: str) -> ProbeResult:
+        p = _probe_result(rate, phase, rate <= 300)
+        return p if p.passed else p.model_copy(update=clear)
+
+    r = search_capacity(probe, PLAN, SLO)
+    assert not any(p.offered_rps == 512 and p.phase == "confirm" for p in r.probes)
+    assert [p.offered_rps for p in r.probes][:8] == [8, 16, 32, 64, 128, 256, 512, 384]  # on to the bisection
+    assert r.status == "confirmed" and 300 / 1.05 <= r.x_slo_rps <= 300
+
+
+def test_a_marginal_ramp_failure_is_repeated():
+    marginal = LatencyPercentiles(p50_ms=60, p90_ms=90, p99_ms=124, max_ms=200, mean_ms=60)  # within 1.25 x SLO
+
+    def probe(rate: float, phase: str) -> ProbeResult:
+        p = _probe_result(rate, phase, rate <= 300)
+        return p if p.passed else p.model_copy(update={"latency": marginal})
+
+    r = search_capacity(probe, PLAN, SLO)
+    assert [(p.offered_rps, p.phase) for p in r.probes][6:8] == [(512, "ramp"), (512, "confirm")]
 
 
 def test_only_the_ramps_first_failure_is_repeated():

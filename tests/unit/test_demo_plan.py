@@ -67,7 +67,7 @@ def test_each_probe_is_long_enough_for_its_p99():
     for rate in (1.0, 5.0, 16.0, 50.0, 100.0, 400.0):
         window = plan.window_s(rate)
         assert window * rate >= 1000 or window >= 20.0  # at least 1,000 requests or 20 s
-    assert plan.resolution == 0.05 and plan.growth == 2.0 and plan.max_total_s == 100.0
+    assert plan.resolution == 0.05 and plan.growth == 2.0 and plan.max_total_s == 100.0 and plan.max_confirm == 3
     assert plan.start_rps == 16.0
 
 
