@@ -243,7 +243,14 @@ def test_no_capacity_and_missing_variant_degrade_with_notes(tmp_path):
     assert _cell(report, "dense", "c7i.xlarge").status == "no_capacity"
     assert report.fleet is None and any("missing: dense" in n for n in report.notes)
     write_report(report, data, tmp_path / "r")
-    assert "no rate met the SLO twice" in (tmp_path / "r" / "report.md").read_text()
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "no rate met the SLO twice" in md
+    # No fleet, but the variant with a capacity keeps its cheapest $/1M beside its fidelity.
+    pruned_cells = report.usd_per_million["pruned"]
+    cheapest = min((c.usd_per_million_at_u, i) for i, c in pruned_cells.items() if c.usd_per_million_at_u is not None)
+    row = next(line for line in md.split("## Fidelity beside cost")[1].splitlines() if line.startswith("| pruned |"))
+    usd = f"${cheapest[0]:,.2f}" if cheapest[0] >= 1 else f"${cheapest[0]:.4g}"
+    assert row.endswith(f"| {usd} on {cheapest[1]} |"), row
 
 
 def test_live_shadow_agreement_from_prometheus_api(tmp_path):

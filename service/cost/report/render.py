@@ -177,13 +177,17 @@ def _document(report: Report, files: dict[str, Path]) -> Doc:
     rows = []
     for v in report.variants.values():
         choice = report.fleet.choices.get(v.variant) if report.fleet else None
+        # the fleet's choice; without a fleet (the other variant has no capacity), the cheapest cell
+        cost = (choice.usd_per_million_at_u, choice.instance) if choice else min(
+            ((c.usd_per_million_at_u, i) for i, c in report.usd_per_million.get(v.variant, {}).items()
+             if c.usd_per_million_at_u is not None), default=None)
         live = v.live_shadow
         rows.append([v.variant, _f(v.fidelity.mean_cosine, ".4f") if v.fidelity else "no manifest",
                      _f(v.fidelity.p5_cosine, ".4f") if v.fidelity else "-",
                      _f(v.fidelity.recall_at_10, ".3f") if v.fidelity else "-",
                      "not queried" if live is None else (live.note or f"{_f(live.mean_cosine, '.4f')} "
                                                          f"({_f(live.samples, '.0f')} samples)"),
-                     _usd(choice.usd_per_million_at_u) + f" on {choice.instance}" if choice else "-"])
+                     _usd(cost[0]) + f" on {cost[1]}" if cost else "-"])
     doc.table(["variant", "mean cosine to dense", "p5 cosine", "recall@10", "live shadow cosine",
                f"$/1M at u={u:g}"], rows)
     if "fidelity" in files:
