@@ -20,10 +20,11 @@ X_slo is the highest passing rate whose repeat also passed. When the repeat fail
 reported as noisy and bounds the search from above: the binary search goes on between the next
 lower pass and it, and its winner is repeated (``max_confirm`` repeats in all). The lowest
 failure above X_slo is repeated too, unless it was already: when it passes, it is reported as
-noisy (X_slo may be higher). A rate that passed above one that failed is reported as non-monotone. Every probe, repeats included,
-is in the result, so both runs of a noisy rate are there to read. The search starts a probe only
-while its time budget (``max_total_s``) still holds that probe, the recovery gap a failure
-brings and the repeat the outcome may need (of the probe's rate, or of the best pass below it).
+noisy (X_slo may be higher). A rate that passed above one that failed is reported as
+non-monotone. Every probe, repeats included, is in the result, so both runs of a noisy rate are
+there to read. The search starts a probe only while its time budget (``max_total_s``) still
+holds that probe, the recovery gap a failure brings and the repeat the outcome may need (of the
+probe's rate, or of the best pass below it).
 
 ``twinserve loadtest``'s fixed-step sweep (:func:`sweep_steps`, plan from :func:`sweep_plan`)
 offers given rates once each with the same probe and verdict: X_slo is the highest step that
