@@ -264,15 +264,15 @@ def search_capacity(probe: Probe, plan: SearchPlan, criteria: SloCriteria | None
     # ... and repeat the failure that bounds it, unless it was repeated already: one noisy failure
     # must not pass for a limit. A rate that passed and failed is known to be noisy; the bound is
     # then the lowest rate above X_slo that only ever failed.
-    passed_rates = {p.offered_rps for p in probes if p.passed}
-    bound = min((p.offered_rps for p in probes if p.offered_rps > (x_slo or 0) and p.offered_rps not in passed_rates),
-                default=None)
-    if x_slo is not None and bound is not None and sum(p.offered_rps == bound for p in probes) == 1:
-        if fits(bound, may_fail=True):
-            if run(bound, "confirm"):
+    if x_slo is not None:
+        passed = {p.offered_rps for p in probes if p.passed}
+        bound = min((p.offered_rps for p in probes if p.offered_rps > x_slo and p.offered_rps not in passed),
+                    default=None)
+        if bound is not None and sum(p.offered_rps == bound for p in probes) == 1:
+            if not fits(bound, may_fail=True):
+                notes.append(f"no time left to repeat the failure at {bound:.4g} req/s")
+            elif run(bound, "confirm"):
                 notes.append(f"{bound:.4g} req/s failed once and passed its repeat: noisy, X_slo may be higher")
-        else:
-            notes.append(f"no time left to repeat the failure at {bound:.4g} req/s")
 
     if capped:
         notes.append(f"every rate up to max_rps ({plan.max_rps:g} req/s) passed: X_slo is a lower bound")
